@@ -1,0 +1,45 @@
+"""torchshrink: compress trained PyTorch models and measure the result honestly.
+
+The public API on one screen. Each family adds its names in its own section below.
+"""
+
+from torchshrink import data, models
+from torchshrink.api import apply, cluster, factorize, prune, quantize
+from torchshrink.config import Config
+from torchshrink.errors import ArtifactError, ConfigError, DataError, ShrinkError, UnsupportedModelError
+from torchshrink.registry import get_method, methods
+from torchshrink.train import Callback, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # plumbing
+    "ArtifactError",
+    "Callback",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "ShrinkError",
+    "UnsupportedModelError",
+    "apply",
+    "cluster",
+    "data",
+    "evaluate",
+    "factorize",
+    "fit",
+    "get_method",
+    "methods",
+    "models",
+    "prune",
+    "quantize",
+]
+
+# --- measure (issue 2) ---
+# --- artifact (issue 2) ---
+# --- prune (issue 3) ---
+# --- quant (issue 4) ---
+# --- cluster / codec / recipe (issue 5) ---
+# --- lowrank (issue 6) ---
+# --- distill (issue 7) ---
+# --- export (issue 8) ---

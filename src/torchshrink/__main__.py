@@ -1,0 +1,3 @@
+from torchshrink.cli import main
+
+raise SystemExit(main())

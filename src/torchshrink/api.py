@@ -1,0 +1,76 @@
+"""The verbs: `apply` runs any registered method; `prune`, `quantize`, `factorize` and
+`cluster` are the same call with a check that the config belongs to that family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from torchshrink.config import Config
+from torchshrink.errors import ConfigError
+from torchshrink.registry import Context, Family, get_method
+
+__all__ = ["apply", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
+
+# Each applied config is appended here (as plain dicts) so reports and artifacts can say what
+# was done; nothing reads it to decide behaviour.
+HISTORY_ATTR = "torchshrink_history"
+
+
+def apply(
+    model: nn.Module,
+    config: Config,
+    *,
+    example: Any = None,
+    calibration: Iterable[Any] | None = None,
+    train: Iterable[Any] | None = None,
+    val: Iterable[Any] | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: bool = True,
+    family: Family | None = None,
+    **extras: Any,
+) -> nn.Module:
+    """Apply one method config to `model` and return the result (the same object where the
+    structure is unchanged)."""
+    if not isinstance(config, Config):
+        raise ConfigError(
+            f"expected a torchshrink method config (e.g. ts.MagnitudePruning(sparsity=0.9)), got "
+            f"{type(config).__name__}"
+        )
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected an nn.Module to compress, got {type(model).__name__}")
+    method = get_method(config.method_name())
+    if family is not None and method.family != family:
+        raise ConfigError(
+            f"{type(config).__name__} is a {method.family} method; use ts.{_VERB.get(method.family, 'apply')}() "
+            f"(or ts.apply) instead of ts.{_VERB[family]}()"
+        )
+    ctx = Context(example=example, calibration=calibration, train=train, val=val, evaluate=evaluate,
+                  progress=progress, extras=dict(extras))
+    out = method.handler(model, config, ctx)
+    history = list(getattr(model, HISTORY_ATTR, []))
+    history.append(config.to_dict())
+    object.__setattr__(out, HISTORY_ATTR, history)  # plain attribute, not a submodule/buffer
+    return out
+
+
+_VERB: dict[str, str] = {"prune": "prune", "quant": "quantize", "lowrank": "factorize", "cluster": "cluster"}
+
+
+def prune(model: nn.Module, config: Config, example: Any = None, calibration: Iterable[Any] | None = None,
+          **kw: Any) -> nn.Module:
+    return apply(model, config, example=example, calibration=calibration, family="prune", **kw)
+
+
+def quantize(model: nn.Module, config: Config, calibration: Iterable[Any] | None = None, **kw: Any) -> nn.Module:
+    return apply(model, config, calibration=calibration, family="quant", **kw)
+
+
+def factorize(model: nn.Module, config: Config, **kw: Any) -> nn.Module:
+    return apply(model, config, family="lowrank", **kw)
+
+
+def cluster(model: nn.Module, config: Config, **kw: Any) -> nn.Module:
+    return apply(model, config, family="cluster", **kw)
