@@ -1,0 +1,1 @@
+"""Coding: structure specs, tensor encodings (dense now; sparse, Huffman, ANS) and the artifact."""
