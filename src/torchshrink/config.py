@@ -7,6 +7,7 @@ as distillation) objects that are deliberately excluded from serialization.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -71,7 +72,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (tuple, list, typing.Sequence, typing.abc.Sequence if hasattr(typing, "abc") else tuple):
+    if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (tuple, list)):
             return False
         args = get_args(hint)
@@ -80,7 +81,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_type_ok(v, args[0]) for v in value)
         return len(args) == len(value) and all(_type_ok(v, a) for v, a in zip(value, args))
-    if origin in (dict, typing.Mapping) or hint is dict:
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
         if not isinstance(value, dict):
             return False
         args = get_args(hint)
