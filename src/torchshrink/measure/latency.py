@@ -1,0 +1,126 @@
+"""Forward latency: warm-up, then repeated timed runs at a fixed thread count.
+
+One number from one run is noise on a shared CPU. We report the median of many runs and
+their spread (interquartile range and the min-max band), together with how many runs and
+threads produced them, so a reader can judge whether two numbers really differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchshrink.errors import ConfigError
+from torchshrink.measure.macs import call
+
+__all__ = ["LatencyStats", "time_forward", "num_threads"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per forward call of one batch."""
+
+    batch: int
+    threads: int
+    runs: int
+    warmup: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    stdev_ms: float
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.p75_ms - self.p25_ms
+
+    @property
+    def per_sample_ms(self) -> float:
+        return self.median_ms / self.batch
+
+    def to_dict(self) -> dict[str, float | int]:
+        d: dict[str, float | int] = dataclasses.asdict(self)
+        d["iqr_ms"] = self.iqr_ms
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f}, {self.runs} runs, {self.threads} threads)"
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[int]:
+    """Set torch's intra-op thread count for the block and put the old one back."""
+    old = torch.get_num_threads()
+    if n is None:
+        yield old
+        return
+    if n < 1:
+        raise ConfigError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    # Linear interpolation between closest ranks (numpy's default), without needing numpy here.
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def stats_from(times_ms: list[float], *, batch: int, threads: int, warmup: int) -> LatencyStats:
+    s = sorted(times_ms)
+    return LatencyStats(
+        batch=batch, threads=threads, runs=len(s), warmup=warmup,
+        median_ms=statistics.median(s), p25_ms=_quantile(s, 0.25), p75_ms=_quantile(s, 0.75),
+        min_ms=s[0], max_ms=s[-1], mean_ms=statistics.fmean(s),
+        stdev_ms=statistics.stdev(s) if len(s) > 1 else 0.0,
+    )
+
+
+def _synchronizer(model: nn.Module) -> Callable[[], None]:
+    for t in model.parameters():
+        if t.device.type == "cuda":
+            return torch.cuda.synchronize
+        break
+    return lambda: None
+
+
+def time_forward(model: nn.Module, example: Any, *, runs: int = 50, warmup: int = 10,
+                 threads: int | None = None, batch: int | None = None) -> LatencyStats:
+    """Time `model(example)` under inference_mode: `warmup` untimed calls, then `runs` timed ones."""
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {warmup}")
+    if batch is None:
+        batch = int(example.shape[0]) if isinstance(example, torch.Tensor) and example.dim() else 1
+    sync = _synchronizer(model)
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        with num_threads(threads) as used, torch.inference_mode():
+            for _ in range(warmup):
+                call(model, example)
+            sync()
+            for _ in range(runs):
+                t0 = time.perf_counter_ns()
+                call(model, example)
+                sync()  # GPU kernels are asynchronous: wait for them, or we time the launch
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        model.train(was_training)
+    return stats_from(times, batch=batch, threads=used, warmup=warmup)
