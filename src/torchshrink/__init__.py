@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 # --- measure (issue 2) ---
+from torchshrink.measure import Report, compare, measure  # noqa: E402
+
+__all__ += ["Report", "compare", "measure"]
 # --- artifact (issue 2) ---
 # --- prune (issue 3) ---
 # --- quant (issue 4) ---
