@@ -40,6 +40,10 @@ from torchshrink.measure import Report, compare, measure  # noqa: E402
 
 __all__ += ["Report", "compare", "measure"]
 # --- artifact (issue 2) ---
+from torchshrink import codec  # noqa: E402
+from torchshrink.codec import load, read_info, save  # noqa: E402
+
+__all__ += ["codec", "load", "read_info", "save"]
 # --- prune (issue 3) ---
 # --- quant (issue 4) ---
 # --- cluster / codec / recipe (issue 5) ---

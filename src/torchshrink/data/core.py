@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchshrink.errors import DataError, did_you_mean
 
-__all__ = ["Splits", "load", "loaders", "names", "batches", "stratified_split", "read_idx"]
+__all__ = ["Splits", "load", "loaders", "names", "batches", "stratified_split", "read_idx", "random_shift"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Standard MNIST normalization constants; Fashion-MNIST uses its own.
@@ -176,12 +176,51 @@ def load(name: str, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: 
     return _LOADERS[name](seed, val_fraction, test_fraction, None if root is None else str(root))
 
 
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image in an (N, C, H, W) batch by its own random offset of up to
+    `max_shift` pixels per axis, filling the uncovered border with the batch's background
+    value (its minimum, which is black after normalization)."""
+    if max_shift <= 0 or x.dim() != 4:
+        return x
+    n, _, h, w = x.shape
+    p = max_shift
+    padded = torch.nn.functional.pad(x, (p, p, p, p), value=float(x.amin()))
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+class _ShiftCollate:
+    """Batch-level augmentation: one vectorized gather per batch is far cheaper than a
+    per-sample transform, and a dedicated generator keeps runs reproducible."""
+
+    def __init__(self, max_shift: int, seed: int) -> None:
+        self.max_shift = max_shift
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def __call__(self, items: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        batch = torch.utils.data.default_collate(items)
+        batch[0] = random_shift(batch[0], self.max_shift, self.generator)
+        return batch
+
+
 def loaders(splits: Splits, *, batch_size: int = 128, eval_batch_size: int = 1000,
-            seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """(train, val, test) loaders; the train loader shuffles with a seeded generator."""
+            seed: int = 0, shift: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(train, val, test) loaders; the train loader shuffles with a seeded generator.
+
+    shift: random-translation augmentation of training images by up to this many pixels
+        (0 = none). Evaluation loaders are never augmented.
+    """
+    if shift < 0:
+        raise DataError(f"shift must be >= 0 pixels, got {shift}")
     g = torch.Generator().manual_seed(seed)
+    collate = _ShiftCollate(shift, seed) if shift else None
     return (
-        DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g),
+        DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate),
         DataLoader(splits.val, batch_size=eval_batch_size),
         DataLoader(splits.test, batch_size=eval_batch_size),
     )
