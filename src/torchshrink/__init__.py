@@ -48,5 +48,9 @@ __all__ += ["codec", "load", "read_info", "save"]
 # --- quant (issue 4) ---
 # --- cluster / codec / recipe (issue 5) ---
 # --- lowrank (issue 6) ---
+from torchshrink import lowrank  # noqa: E402
+from torchshrink.lowrank import SvdFactorization  # noqa: E402
+
+__all__ += ["SvdFactorization", "lowrank"]
 # --- distill (issue 7) ---
 # --- export (issue 8) ---
