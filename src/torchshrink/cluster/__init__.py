@@ -1,0 +1,7 @@
+"""Weight sharing: 1-D k-means (Lloyd's or exact optimal) and trainable codebooks."""
+
+from torchshrink.cluster.codebook import Codebook
+from torchshrink.cluster.kmeans import kmeans_1d, lloyd, optimal_1d
+from torchshrink.cluster.kmeans_sharing import KMeansSharing, share_weights
+
+__all__ = ["Codebook", "KMeansSharing", "kmeans_1d", "lloyd", "optimal_1d", "share_weights"]

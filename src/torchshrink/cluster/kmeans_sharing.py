@@ -1,0 +1,103 @@
+"""KMeansSharing: Deep Compression's trained quantization by weight sharing.
+
+Each selected layer's nonzero weights are clustered into 2**bits shared values; the layer
+then computes with `codebook[indices]` (a `Codebook` parametrization), so fine-tuning trains
+the centroids. A pruning mask already on the layer is folded into the codebook's reserved
+zero index: the zeros stay exact, and the artifact stores the positions once instead of
+twice (mask and indices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchshrink.cluster.codebook import Codebook
+from torchshrink.cluster.kmeans import kmeans_1d
+from torchshrink.config import Config, check, check_range
+from torchshrink.errors import UnsupportedModelError
+from torchshrink.nn import check_per_layer_patterns, params, resolve_per_layer, select_layers
+from torchshrink.registry import Context, register
+
+__all__ = ["KMeansSharing", "apply_kmeans_sharing", "share_weights"]
+
+
+def share_weights(module: nn.Module, *, bits: int, init: Literal["linear", "density", "random"] = "linear",
+                  algorithm: Literal["lloyd", "optimal"] = "lloyd", max_iter: int = 100, seed: int = 0,
+                  name: str = "") -> Codebook:
+    """Cluster `module.weight`'s nonzeros into 2**bits values and attach a Codebook."""
+    chain = params.chain(module, "weight")
+    foreign = [type(p).__name__ for p in chain if not _is_mask(p) and not isinstance(p, Codebook)]
+    if foreign:
+        raise UnsupportedModelError(
+            f"layer {name!r} already carries {foreign}; apply KMeansSharing before quantization "
+            "(the chain order is mask -> codebook -> fake quant)"
+        )
+    with torch.no_grad():
+        w = module.weight.detach().clone()
+    if chain:
+        params.remove(module, None, "weight")
+        with torch.no_grad():
+            params.original(module, "weight").copy_(w)
+    flat = w.flatten().double().cpu().numpy()
+    nz = flat != 0
+    centroids, assign = kmeans_1d(flat[nz], 2**bits, algorithm=algorithm, init=init, max_iter=max_iter,
+                                  seed=seed)
+    k = max(1, centroids.size)
+    if centroids.size == 0:  # an all-zero layer: one unused centroid keeps shapes valid
+        centroids = np.zeros(1)
+    idx = np.full(flat.size, k, dtype=np.int64)
+    idx[nz] = assign
+    p = Codebook(torch.from_numpy(centroids).float(), torch.from_numpy(idx).reshape(w.shape))
+    params.add(module, p.to(w.device), "weight")
+    return p
+
+
+def _is_mask(p: nn.Module) -> bool:
+    # Pruning masks are folded into the codebook's zero slot; matched by name so the cluster
+    # family does not depend on the prune family's import order.
+    return type(p).__name__ == "PruningMask"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KMeansSharing(Config):
+    """Share weights by 1-D k-means per layer (Han et al., Deep Compression, section 3).
+
+    bits: index width; each layer gets at most 2**bits shared values (pruned zeros are extra
+        and exact). per_layer: layer pattern -> bits, first match wins (e.g. {"conv*": 8}).
+    init: "linear" (the paper's best), "density" or "random".
+    algorithm: "lloyd" iterations, or "optimal" for the exact minimum-error 1-D clustering.
+    """
+
+    bits: int = 5
+    init: Literal["linear", "density", "random"] = "linear"
+    algorithm: Literal["lloyd", "optimal"] = "lloyd"
+    per_layer: dict[str, int] | None = None
+    targets: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    max_iter: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("bits", self.bits, 1, 16)
+        for pattern, b in (self.per_layer or {}).items():
+            check(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16,
+                  f"per_layer[{pattern!r}] must be bits in [1, 16], got {b!r}")
+        check_range("max_iter", self.max_iter, 1)
+
+
+def apply_kmeans_sharing(model: nn.Module, config: KMeansSharing, ctx: Context) -> nn.Module:
+    check_per_layer_patterns(model, config.per_layer)
+    for name, module in select_layers(model, targets=config.targets, ignore=config.ignore):
+        bits = resolve_per_layer(name, config.per_layer, config.bits)
+        share_weights(module, bits=bits, init=config.init, algorithm=config.algorithm,
+                      max_iter=config.max_iter, seed=config.seed, name=name)
+    return model
+
+
+register(family="cluster", handler=apply_kmeans_sharing)(KMeansSharing)
