@@ -47,6 +47,13 @@ __all__ += ["codec", "load", "read_info", "save"]
 # --- prune (issue 3) ---
 # --- quant (issue 4) ---
 # --- cluster / codec / recipe (issue 5) ---
+from torchshrink.cluster import KMeansSharing  # noqa: E402
+from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
+
+# Importing the `cluster` subpackage binds `torchshrink.cluster` to it; put the verb back.
+from torchshrink.api import cluster  # noqa: E402,F811
+
+__all__ += ["KMeansSharing"]
 # --- lowrank (issue 6) ---
 from torchshrink import lowrank  # noqa: E402
 from torchshrink.lowrank import SvdFactorization  # noqa: E402
