@@ -92,6 +92,11 @@ def materialize(model: nn.Module) -> nn.Module:
     """Bake every parametrization into plain tensors (in place); returns the model."""
     for m in list(model.modules()):
         if parametrize.is_parametrized(m):
+            # copy.deepcopy shares the dynamic Parametrized<Cls> class between copy and original,
+            # and removing a parametrization deletes its property from that class, which would
+            # break the original. Give this module a class of its own first.
+            cls = m.__class__
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for tensor_name in list(m.parametrizations.keys()):  # type: ignore[union-attr]
                 parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
     return model
