@@ -1,0 +1,228 @@
+"""Importance criteria behind one interface, for unstructured and structured pruning.
+
+`weight_scores(model, layers, criterion, calibration)` returns, per layer, a tensor of the
+weight's shape where larger means more important. Structured pruning reduces these per output
+channel (or uses the activation statistics directly, see `prune.graph`).
+
+| criterion  | score of w_ij                                  | data          |
+|------------|------------------------------------------------|---------------|
+| l1         | abs(w)                                         | none          |
+| l2         | w^2                                            | none          |
+| activation | abs(w) * mean abs(x_j)   (input activation)     | inputs        |
+| wanda      | abs(w) * ||x_j||_2       (Sun et al. 2023)     | inputs        |
+| apoz       | abs(w) * P(x_j != 0)     (1 - APoZ of input j) | inputs        |
+| taylor     | abs(w * mean g)          first-order Taylor    | inputs+labels |
+| fisher     | 0.5 * w^2 * mean(g^2)    OBD, diagonal Fisher  | inputs+labels |
+| obs        | w^2 / [H^-1]_jj          OBS, H = X^T X        | inputs        |
+
+`obs` also *updates* the surviving weights of a layer (see `prune.obs`); as a score it is the
+OBS saliency of removing one weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+
+from torchshrink.errors import ConfigError
+from torchshrink.train import default_loss, unwrap_batch
+
+__all__ = ["Criterion", "CRITERIA", "DATA_CRITERIA", "LABEL_CRITERIA", "weight_scores", "require_data",
+           "input_features", "collect_inputs", "iter_calibration"]
+
+Criterion = Literal["l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs"]
+CRITERIA: tuple[str, ...] = ("l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs")
+DATA_CRITERIA = frozenset({"activation", "wanda", "apoz", "taylor", "fisher", "obs"})
+LABEL_CRITERIA = frozenset({"taylor", "fisher"})
+
+
+def require_data(criterion: str, calibration: Iterable[Any] | None, *, method: str = "ts.prune") -> None:
+    """A clear error when a data-driven criterion gets no calibration data."""
+    if criterion in DATA_CRITERIA and calibration is None:
+        need = "(input, target) batches" if criterion in LABEL_CRITERIA else "input batches"
+        raise ConfigError(
+            f"criterion {criterion!r} needs calibration data, but none was given: pass "
+            f"calibration=loader to {method}(...) with a few {need}, or use criterion='l1' "
+            "(weight magnitude), which needs no data"
+        )
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to(x: Any, dev: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, dev) for v in x)
+    return x
+
+
+def iter_calibration(calibration: Iterable[Any], limit: int | None) -> Iterable[Any]:
+    for i, batch in enumerate(calibration):
+        if limit is not None and i >= limit:
+            return
+        yield batch
+
+
+def input_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer input as rows of the weight's column space: (rows, in_features) for Linear,
+    (rows, in_channels*kh*kw) unfolded patches for Conv2d, (rows, in*k) for Conv1d."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise ConfigError(f"grouped Conv2d (groups={module.groups}) is not supported by this criterion")
+        cols = F.unfold(x, module.kernel_size, module.dilation,  # type: ignore[arg-type]
+                        module.padding if not isinstance(module.padding, str) else 0, module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    if isinstance(module, nn.Conv1d):
+        if module.groups != 1:
+            raise ConfigError(f"grouped Conv1d (groups={module.groups}) is not supported by this criterion")
+        cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.dilation[0]),
+                        (0, module.padding[0] if not isinstance(module.padding, str) else 0), (1, module.stride[0]))
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    raise ConfigError(f"criterion cannot read inputs of {type(module).__name__}")
+
+
+class _InputStats:
+    """Per-input-column statistics of a layer's input, accumulated by a forward pre-hook."""
+
+    def __init__(self, module: nn.Module, want_hessian: bool) -> None:
+        self.module = module
+        self.want_hessian = want_hessian
+        self.rows = 0
+        self.abs_sum: torch.Tensor | None = None
+        self.sq_sum: torch.Tensor | None = None
+        self.nonzero: torch.Tensor | None = None
+        self.hessian: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach()
+        rows = input_features(module, x.float())
+        if self.abs_sum is None:
+            n = rows.shape[1]
+            self.abs_sum = rows.new_zeros(n)
+            self.sq_sum = rows.new_zeros(n)
+            self.nonzero = rows.new_zeros(n)
+            if self.want_hessian:
+                self.hessian = rows.new_zeros(n, n)
+        self.abs_sum += rows.abs().sum(0)
+        self.sq_sum += rows.pow(2).sum(0)  # type: ignore[operator]
+        self.nonzero += (rows != 0).float().sum(0)  # type: ignore[operator]
+        if self.hessian is not None:
+            self.hessian += rows.T @ rows
+        self.rows += rows.shape[0]
+
+
+def collect_inputs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any],
+                   *, hessian: bool = False, limit: int | None = None) -> dict[str, _InputStats]:
+    """Run calibration batches and gather per-column input statistics for each layer."""
+    stats = {n: _InputStats(m, hessian) for n, m in layers}
+    handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
+    dev = _device(model)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in iter_calibration(calibration, limit):
+                x, _ = unwrap_batch(_to(batch, dev))
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    empty = [n for n, s in stats.items() if s.rows == 0]
+    if empty:
+        raise ConfigError(f"calibration data never reached layers {empty}; check the loader is not empty")
+    return stats
+
+
+def collect_grads(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any],
+                  *, limit: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mean gradient and mean squared (per-batch) gradient of the loss w.r.t. each layer's
+    effective weight, over labeled calibration batches."""
+    dev = _device(model)
+    g_sum = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers}
+    g2_sum = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers}
+    count = 0
+    was = model.training
+    model.eval()  # BatchNorm running stats must not move while we only score
+    try:
+        for batch in iter_calibration(calibration, limit):
+            batch = _to(batch, dev)
+            _, y = unwrap_batch(batch)
+            if y is None:
+                raise ConfigError("criterion 'taylor'/'fisher' needs labeled calibration batches (input, target)")
+            model.zero_grad(set_to_none=True)
+            with parametrize.cached():
+                weights = {n: m.weight for n, m in layers}
+                for w in weights.values():
+                    w.retain_grad()
+                loss = default_loss(model, batch)
+                loss.backward()
+                for n, w in weights.items():
+                    g = w.grad if w.grad is not None else torch.zeros_like(w)
+                    g_sum[n] += g.float()
+                    g2_sum[n] += g.float().pow(2)
+            count += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+    if count == 0:
+        raise ConfigError("calibration loader is empty")
+    return {n: g / count for n, g in g_sum.items()}, {n: g / count for n, g in g2_sum.items()}
+
+
+def _expand_cols(col_scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-input-column statistics to the weight's shape."""
+    return col_scores.reshape(1, *weight.shape[1:]) if weight.dim() > 1 else col_scores
+
+
+def weight_scores(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], criterion: str,
+                  calibration: Iterable[Any] | None, *, limit: int | None = 8,
+                  damping: float = 0.01) -> dict[str, torch.Tensor]:
+    """Per-layer importance of every weight entry (larger = keep), same shape as the weight."""
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; choose one of {list(CRITERIA)}")
+    require_data(criterion, calibration)
+    with torch.no_grad():
+        ws = {n: m.weight.detach().float() for n, m in layers}
+    if criterion == "l1":
+        return {n: w.abs() for n, w in ws.items()}
+    if criterion == "l2":
+        return {n: w.pow(2) for n, w in ws.items()}
+    assert calibration is not None
+    if criterion in ("taylor", "fisher"):
+        g, g2 = collect_grads(model, layers, calibration, limit=limit)
+        if criterion == "taylor":
+            return {n: (w * g[n]).abs() for n, w in ws.items()}
+        return {n: 0.5 * w.pow(2) * g2[n] for n, w in ws.items()}
+    stats = collect_inputs(model, layers, calibration, hessian=criterion == "obs", limit=limit)
+    out: dict[str, torch.Tensor] = {}
+    for n, w in ws.items():
+        s = stats[n]
+        assert s.abs_sum is not None and s.sq_sum is not None and s.nonzero is not None
+        if criterion == "activation":
+            col = s.abs_sum / s.rows
+        elif criterion == "wanda":
+            col = s.sq_sum.sqrt()
+        elif criterion == "apoz":
+            col = s.nonzero / s.rows
+        else:  # obs: saliency w^2 / [H^-1]_jj of removing one weight, H = X^T X / rows + damping
+            assert s.hessian is not None
+            h = s.hessian / s.rows
+            h = h + damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(h.shape[0], device=h.device)
+            hinv_diag = torch.linalg.inv(h).diagonal()
+            out[n] = w.reshape(w.shape[0], -1).pow(2).div(hinv_diag).reshape(w.shape)
+            continue
+        out[n] = w.abs() * _expand_cols(col, w)
+    return out
