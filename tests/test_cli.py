@@ -1,0 +1,147 @@
+"""The `torchshrink` command, run in-process through `main([...])`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchshrink.cli import main
+
+needs_artifact = pytest.mark.skipif(importlib.util.find_spec("torchshrink.codec.container") is None,
+                                    reason="the artifact container (ts.save/ts.load) is not in this checkout")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("name", "params", "macs"), [("lenet300", 266_610, 266_200),
+                                                      ("lenet5", 431_080, 2_293_000)])
+def test_inspect_reference_model_json(capsys: pytest.CaptureFixture[str], name: str, params: int,
+                                      macs: int) -> None:
+    code, out, _ = run(capsys, "inspect", name, "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert (d["params"], d["macs"], d["dense_bytes"]) == (params, macs, 4 * params)
+    assert d["nonzero_params"] <= params
+    assert d["source"] == "model"
+    assert [row["name"] for row in d["layers"]][:2] in (["fc1", "fc2"], ["conv1", "conv2"])
+
+
+def test_inspect_text_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "inspect", "lenet5")
+    assert code == 0
+    for needle in ("431,080", "2,293,000", "conv2", "execution", "dense"):
+        assert needle in out
+
+
+def test_unknown_model_name_suggests(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "inspect", "lenet3")
+    assert code == 2 and out == ""
+    assert err.startswith("error: unknown model 'lenet3'. Did you mean 'lenet300'")
+    assert "Traceback" not in err and err.count("\n") == 1
+    code, _, err = run(capsys, "train", "--model", "resnet", "--data", "synthetic", "--out", "x.tsz")
+    assert code == 2 and "unknown model 'resnet'. Did you mean 'resnet_small'" in err
+
+
+def test_unknown_data_name_suggests(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "train", "--model", "lenet300", "--data", "mnist", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert err.startswith("error: unknown data set 'mnist'. Did you mean")
+    assert "mnist5k" in err
+
+
+@needs_artifact
+def test_non_artifact_file_is_a_clean_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello, this is not a model\n")
+    for argv in (("inspect", str(junk)), ("eval", str(junk), "--data", "digits")):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == ""
+        assert err.startswith("error: ") and "is not a readable torchshrink artifact" in err
+        assert "Traceback" not in err
+    code, _, err = run(capsys, "eval", str(tmp_path / "missing.tsz"), "--data", "digits")
+    assert code == 2 and "does not exist" in err
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for sub in ("train", "eval", "inspect", "demo"):
+        assert sub in top
+        assert main([sub, "--help"]) == 0
+        assert "usage: torchshrink " + sub in capsys.readouterr().out
+
+
+def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "lenet300"]) == 2  # --data and --out missing
+    assert "required" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+@needs_artifact
+def test_train_then_eval_reproduces_accuracy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "digits.tsz"
+    code, text, _ = run(capsys, "train", "--model", "lenet300", "--data", "digits", "--epochs", "1",
+                        "--out", str(out), "--json", "--quiet")
+    assert code == 0
+    trained = json.loads(text)
+    # One epoch on digits lands well short of 100%, so exact agreement is a real check.
+    assert 30.0 < trained["accuracy"] < 100.0
+    assert trained["bytes"] == out.stat().st_size
+    code, text, _ = run(capsys, "eval", str(out), "--data", "digits", "--json")
+    assert code == 0
+    evaluated = json.loads(text)
+    assert evaluated["accuracy"] == trained["accuracy"]
+    assert evaluated["trained_accuracy"] == trained["accuracy"]
+    assert evaluated["bytes"] == trained["bytes"]
+    # The file records its data set, so --data is optional.
+    code, text, _ = run(capsys, "eval", str(out), "--json")
+    assert code == 0 and json.loads(text)["accuracy"] == trained["accuracy"]
+
+    code, text, _ = run(capsys, "inspect", str(out), "--json")
+    assert code == 0
+    d = json.loads(text)
+    assert d["source"] == "file"
+    assert d["bytes"] == out.stat().st_size == d["artifact_bytes"]
+    assert d["params"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert d["macs"] == 64 * 300 + 300 * 100 + 100 * 10
+    assert d["manifest"]["metadata"]["data"] == "digits"
+    assert d["manifest"]["metadata"]["test_accuracy"] == trained["accuracy"]
+
+
+def test_model_data_shape_mismatch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "train", "--model", "lenet5", "--data", "digits", "--out", str(tmp_path / "x"))
+    assert code == 2
+    assert "expects inputs of shape (1, 28, 28) but the data has (1, 8, 8)" in err
+
+
+def test_python_dash_m_entry_point() -> None:
+    # One process (interpreter start-up with torch is the slow part): the error path proves the
+    # entry point runs main() and turns a ShrinkError into exit code 2.
+    proc = subprocess.run([sys.executable, "-m", "torchshrink", "inspect", "lenet_300"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown model 'lenet_300'") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@needs_artifact
+@pytest.mark.parametrize(("name", "floor"), [("lenet300", 95.0), ("lenet5", 97.0)])
+def test_cli_trains_lenets_on_mnist5k(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str,
+                                      floor: float) -> None:
+    out = tmp_path / f"{name}.tsz"
+    code, text, _ = run(capsys, "train", "--model", name, "--data", "mnist5k", "--out", str(out), "--json",
+                        "--quiet")
+    assert code == 0
+    trained = json.loads(text)
+    assert trained["accuracy"] >= floor
+    code, text, _ = run(capsys, "eval", str(out), "--data", "mnist5k", "--json")
+    assert json.loads(text)["accuracy"] == trained["accuracy"]
