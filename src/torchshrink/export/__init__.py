@@ -1,0 +1,8 @@
+"""Deployment: ONNX (QDQ for quantized layers, packed low-bit weights) and torch.export
+programs, each checked against the PyTorch model after it is written."""
+
+from torchshrink.export.api import FORMATS, ExportResult, export
+from torchshrink.export.check import ParityError, ParityReport
+from torchshrink.export.pt2 import load_pt2
+
+__all__ = ["FORMATS", "ExportResult", "ParityError", "ParityReport", "export", "load_pt2"]

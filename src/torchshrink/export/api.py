@@ -1,0 +1,149 @@
+"""`ts.export(model, path, example=x, format="onnx")`: write the file, then prove it runs.
+
+The file is written next to its destination and moved into place only after the parity check
+passes, so a failed export never leaves a file that looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from torchshrink.errors import ConfigError, did_you_mean
+from torchshrink.export.check import ParityError, ParityReport, compare, sample_batches
+from torchshrink.export.prepare import Prepared, cast_inputs, prepare
+
+__all__ = ["export", "ExportResult", "FORMATS", "Format"]
+
+Format = Literal["onnx", "pt2"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: str
+    format: Format
+    bytes: int
+    form: Literal["float", "half", "quantized"]
+    swapped: dict[str, str]  # layer -> export form (quantized layers in their ONNX forms)
+    parity: ParityReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["parity"] = self.parity.to_dict() if self.parity else None
+        return d
+
+
+def _inputs(example: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example, torch.Tensor):
+        return (example,)
+    if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
+        return tuple(example)
+    raise ConfigError(f"example must be an input tensor or a tuple of input tensors, got "
+                      f"{type(example).__name__}; e.g. example=torch.randn(1, 1, 28, 28)")
+
+
+def _check_args(fmt: str, path: str | os.PathLike[str]) -> Path:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unsupported export format {fmt!r}; supported formats: {', '.join(FORMATS)}."
+                          + did_you_mean(str(fmt), FORMATS))
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"output directory {str(parent)!r} does not exist (for {str(out)!r}); "
+                          f"create it first (mkdir -p {parent}) or choose another path")
+    return out
+
+
+def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, format: Format = "onnx",
+           check: bool = True, check_data: Iterable[Any] | None = None, opset: int | None = None,
+           dynamic_batch: bool = True) -> ExportResult:
+    """Export `model` to `path` and run the parity check; raise on failure.
+
+    format: "onnx" (ONNX Runtime and every ONNX consumer; quantized layers become QDQ /
+    integer-matmul graphs, low-bit weights stay packed) or "pt2" (a torch.export program,
+    loadable with torch.export.load and no model code).
+    example: one input batch (tensor or tuple), used for tracing and as a check input.
+    check_data: optional loader of (x, y) or x batches for the check; with labels, quantized
+    forms must also match PyTorch's accuracy within 0.2 points.
+    Raises ConfigError (bad format or path), UnsupportedModelError (graph cannot be exported;
+    names the operator) or ParityError (the file computes something else).
+    """
+    out = _check_args(format, path)
+    inputs = _inputs(example)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected an nn.Module to export, got {type(model).__name__}")
+    reference = prepare(model, swap=False).module if format == "pt2" else None
+    prep = prepare(model, swap=format == "onnx")
+    trace_inputs = cast_inputs(inputs, torch.float32) if prep.half else inputs
+    # Same directory (so the final rename is atomic) and same suffix (torch.export.save wants .pt2).
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}",
+                               dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        if format == "onnx":
+            parity = _export_onnx(model, prep, inputs, trace_inputs, tmp, opset, dynamic_batch, check, check_data)
+        else:
+            assert reference is not None
+            parity = _export_pt2(model, reference, inputs, tmp, dynamic_batch, check, check_data)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    form: Literal["float", "half", "quantized"] = "quantized" if prep.quantized else (
+        "half" if prep.half else "float")
+    return ExportResult(str(out), format, out.stat().st_size, form, prep.swapped, parity)
+
+
+def _raise_if_failed(model: nn.Module, report: ParityReport, fmt: str) -> ParityReport:
+    if not report.passed:
+        raise ParityError(
+            f"exported {fmt} file of {type(model).__name__} does not match the PyTorch model: "
+            f"{report.summary()}. Nothing was written. If the model is quantized, pass check_data= with "
+            "labelled batches from the task so agreement is measured on real inputs"
+        )
+    return report
+
+
+def _export_onnx(model: nn.Module, prep: Prepared, inputs: tuple[torch.Tensor, ...],
+                 trace_inputs: tuple[torch.Tensor, ...], tmp: str, opset: int | None, dynamic_batch: bool,
+                 check: bool, check_data: Iterable[Any] | None) -> ParityReport | None:
+    from torchshrink.export.onnx import DEFAULT_OPSET, OrtRunner, store_half, write_onnx
+    from torchshrink.export.prepare import call
+
+    out_ref = call(prep.module, trace_inputs)
+    outs = out_ref if isinstance(out_ref, (tuple, list)) else (out_ref,)
+    write_onnx(prep.module, trace_inputs, tmp, n_outputs=len(outs), opset=opset or DEFAULT_OPSET,
+               dynamic_batch=dynamic_batch)
+    if prep.half is not None:
+        out_model = call(prepare(model, swap=False).module.to(prep.half), inputs)
+        out_model = out_model if isinstance(out_model, (tuple, list)) else (out_model,)
+        store_half(tmp, half=prep.half, input_half=[t.dtype == prep.half for t in inputs],
+                   output_half=[o.dtype == prep.half for o in out_model], all_half=prep.all_half)
+    if not check:
+        return None
+    reference = prepare(model, swap=False).module
+    if prep.half is not None:
+        reference = reference.to(prep.half)
+    report = compare(reference, OrtRunner(tmp), sample_batches(inputs, data=check_data),
+                     kind="quantized" if prep.quantized else "float", runtime="onnxruntime")
+    return _raise_if_failed(model, report, "ONNX")
+
+
+def _export_pt2(model: nn.Module, reference: nn.Module, inputs: tuple[torch.Tensor, ...], tmp: str,
+                dynamic_batch: bool, check: bool, check_data: Iterable[Any] | None) -> ParityReport | None:
+    from torchshrink.export.pt2 import Pt2Runner, write_pt2
+
+    write_pt2(reference, inputs, tmp, dynamic_batch=dynamic_batch)
+    if not check:
+        return None
+    report = compare(reference, Pt2Runner(tmp), sample_batches(inputs, data=check_data), kind="float",
+                     runtime="torch.export")
+    return _raise_if_failed(model, report, "pt2")

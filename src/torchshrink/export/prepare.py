@@ -1,0 +1,84 @@
+"""Turning a compressed model into a plain, exportable copy (the user's model is never touched).
+
+1. deep copy, eval mode;
+2. bake parametrizations (masks, codebooks, fake quant) into plain weights;
+3. half-precision weights are upcast to float32 for tracing; the ONNX writer stores them back
+   as float16 initializers (`Prepared.half` tells it to);
+4. swap modules that have an export rule (qdq.EXPORT_RULES, filled by rules.py) for their
+   export-time forms.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchshrink.export import rules
+from torchshrink.export.qdq import EXPORT_RULES, rule_for
+from torchshrink.nn import params, select_layers, set_module
+
+__all__ = ["Prepared", "prepare", "is_half", "cast_inputs"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclasses.dataclass
+class Prepared:
+    module: nn.Module
+    quantized: bool  # integer activations somewhere: use the quantized parity criteria
+    half: torch.dtype | None  # the model's half dtype, if its weights were half precision
+    all_half: bool  # no float32 tensors at all (a model.half() model)
+    swapped: dict[str, str]  # layer name -> export form, for the report
+
+
+def is_half(model: nn.Module) -> torch.dtype | None:
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype in _HALF:
+            return t.dtype
+    return None
+
+
+def cast_inputs(inputs: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+
+
+def prepare(model: nn.Module, *, swap: bool = True) -> Prepared:
+    """An eval-mode copy of `model` with parametrizations baked in and quantized layers in
+    their export forms (when `swap`)."""
+    rules.load()
+    m = copy.deepcopy(model).eval()
+    params.materialize(m)
+    half = is_half(m)
+    all_half = half is not None and all(t.dtype in _HALF for t in [*m.parameters(), *m.buffers()]
+                                        if t.is_floating_point())
+    if half is not None:
+        m = m.float()
+    quantized = False
+    swapped: dict[str, str] = {}
+    if swap and EXPORT_RULES:
+        done: list[str] = []
+        root_rule = rule_for(m)
+        if root_rule is not None:
+            m = root_rule.convert(m).eval()
+            return Prepared(m, root_rule.quantized, half, all_half, {"": type(m).__name__})
+        for name, mod in select_layers(m, types=tuple(EXPORT_RULES)):
+            if any(name.startswith(d + ".") for d in done):
+                continue  # inside a module already swapped as a whole
+            rule = rule_for(mod)
+            if rule is None:
+                continue
+            new = rule.convert(mod)
+            set_module(m, name, new.eval())
+            done.append(name)
+            swapped[name] = type(new).__name__
+            quantized |= rule.quantized
+    return Prepared(m, quantized, half, all_half, swapped)
+
+
+def call(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    with torch.no_grad():
+        return model(*inputs)

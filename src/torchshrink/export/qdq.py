@@ -1,0 +1,426 @@
+"""Export-time forms of quantized layers: QDQ graphs, integer matmuls and packed weights.
+
+PyTorch modules that store weights as integers or simulate quantization cannot be handed to
+the ONNX exporter as they are: their forward is PyTorch arithmetic, which would export as
+float math on dequantized tensors and lose both the integer storage and the integer kernels.
+Before export each such module is swapped for one of the modules here, whose forward computes
+the same function in PyTorch (so tracing and the parity check see the right numbers) and whose
+ONNX symbolic emits the standard pattern ONNX Runtime recognizes:
+
+- `QDQLinear` / `QDQConv2d`: int8 weight initializers behind DequantizeLinear, an int32 bias,
+  and QuantizeLinear/DequantizeLinear pairs on activations. ORT's QDQ transformer fuses
+  DQ -> Conv -> Q into QLinearConv and DQ -> Gemm into QGemm (integer kernels).
+- `DynamicInt8Linear`: DynamicQuantizeLinear -> MatMulInteger -> rescale, which ORT fuses into
+  DynamicQuantizeMatMul.
+- `PackedWeightLinear` / `PackedWeightConv2d`: b-bit codes kept as the packed uint8 stream in
+  the file and unpacked by BitShift/BitwiseAnd ops, then dequantized group-wise. ORT folds
+  that subgraph to a float weight when it loads the session, so the file stays small.
+
+The one table that maps a module type to its export form is `EXPORT_RULES` (see `export_rule`);
+rules for the quantization family's modules are added in `rules.py`, which only reads their
+buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "ExportRule",
+    "EXPORT_RULES",
+    "export_rule",
+    "rule_for",
+    "QuantDequant",
+    "QDQLinear",
+    "QDQConv2d",
+    "DynamicInt8Linear",
+    "PackedWeightLinear",
+    "PackedWeightConv2d",
+    "unpack_stream",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRule:
+    """How to export modules of one type: `convert(module) -> export-time module`.
+
+    `quantized` says whether the exported graph computes with integer activations, which
+    selects the quantized parity criteria (top-1 agreement) over the float ones.
+    """
+
+    convert: Callable[[nn.Module], nn.Module]
+    quantized: bool
+
+
+EXPORT_RULES: dict[type[nn.Module], ExportRule] = {}
+
+
+def export_rule(cls: type[nn.Module], *, quantized: bool) -> Callable[[Callable[[Any], nn.Module]],
+                                                                      Callable[[Any], nn.Module]]:
+    """Decorator registering `fn` as the export-time conversion of modules of exactly `cls`."""
+
+    def deco(fn: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
+        EXPORT_RULES[cls] = ExportRule(fn, quantized)
+        return fn
+
+    return deco
+
+
+def rule_for(module: nn.Module) -> ExportRule | None:
+    return EXPORT_RULES.get(type(module))
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX building blocks. Each autograd Function computes in PyTorch exactly what its symbolic
+# emits, so the traced model and the exported graph agree.
+
+def _const(g: Any, t: torch.Tensor) -> Any:
+    return g.op("Constant", value_t=t)
+
+
+def _dq(g: Any, q: Any, scale: Any, zero: Any, axis: int | None) -> Any:
+    if axis is None:
+        return g.op("DequantizeLinear", q, scale, zero)
+    return g.op("DequantizeLinear", q, scale, zero, axis_i=axis)
+
+
+class _QuantDequantFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                qmin: int, qmax: int) -> torch.Tensor:
+        # torch.round is round-half-to-even, the rounding QuantizeLinear specifies.
+        q = torch.clamp(torch.round(x / scale) + zero.to(x.dtype), qmin, qmax)
+        return (q - zero.to(x.dtype)) * scale
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero: Any, qmin: int, qmax: int) -> Any:
+        q = g.op("QuantizeLinear", x, scale, zero)
+        return g.op("DequantizeLinear", q, scale, zero)
+
+
+class QuantDequant(nn.Module):
+    """Per-tensor activation quantization (QuantizeLinear then DequantizeLinear). uint8 for
+    zero points in [0, 255], else int8."""
+
+    def __init__(self, scale: float, zero_point: int, *, signed: bool | None = None) -> None:
+        super().__init__()
+        signed = zero_point < 0 if signed is None else signed
+        self.qmin, self.qmax = (-128, 127) if signed else (0, 255)
+        dtype = torch.int8 if signed else torch.uint8
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QuantDequantFn.apply(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+def _dequant_weight(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    shape = (-1,) + (1,) * (q.dim() - 1)
+    return (q.to(torch.float32) - zero.to(torch.float32).reshape(shape)) * scale.reshape(shape)
+
+
+def _bias_int32(bias: torch.Tensor | None, in_scale: float, w_scale: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bias on the accumulator grid (scale in_scale * w_scale, zero 0), as QLinearConv wants."""
+    if bias is None:
+        return None
+    s = (in_scale * w_scale).to(torch.float32)
+    q = torch.round(bias.detach().float() / s).clamp(-(2**31), 2**31 - 1).to(torch.int32)
+    return q, s
+
+
+class _QDQLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, wz: torch.Tensor,
+                bq: torch.Tensor | None, bs: torch.Tensor | None) -> torch.Tensor:
+        w = _dequant_weight(wq, ws, wz)
+        b = None if bq is None or bs is None else bq.to(torch.float32) * bs
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, wq: Any, ws: Any, wz: Any, bq: Any, bs: Any) -> Any:
+        w = _dq(g, wq, ws, wz, 0)
+        rank = x.type().dim() if hasattr(x.type(), "dim") else None
+        b = None
+        if not _is_none(bq):
+            b = _dq(g, bq, bs, _const(g, torch.zeros(_len(bs), dtype=torch.int32)), 0)
+        if rank == 2:
+            return g.op("Gemm", x, w, b, transB_i=1) if b is not None else g.op("Gemm", x, w, transB_i=1)
+        y = g.op("MatMul", x, g.op("Transpose", w, perm_i=[1, 0]))
+        return g.op("Add", y, b) if b is not None else y
+
+
+def _is_none(v: Any) -> bool:
+    return v is None or (hasattr(v, "node") and v.node().mustBeNone())
+
+
+def _len(v: Any) -> int:
+    sizes = v.type().sizes()
+    return int(sizes[0]) if sizes else 1
+
+
+class QDQLinear(nn.Module):
+    """A Linear with int8 weights (per output channel), an int32 bias and optional quantized
+    input and output activations."""
+
+    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                 *, input_qdq: QuantDequant | None = None, output_qdq: QuantDequant | None = None,
+                 weight_zero: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight_q", weight_q.to(torch.int8))
+        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
+        zero = weight_zero if weight_zero is not None else torch.zeros(weight_q.shape[0])
+        self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
+        self.input_qdq = input_qdq
+        self.output_qdq = output_qdq
+        in_scale = float(input_qdq.scale) if input_qdq is not None else None
+        bias_q = _bias_int32(bias, in_scale, self.weight_scale) if bias is not None and in_scale else None
+        self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(bias.detach().float(),
+                                                                                         requires_grad=False)
+        self.register_buffer("bias_q", bias_q[0] if bias_q else None)
+        self.register_buffer("bias_scale", bias_q[1] if bias_q else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_qdq is not None:
+            x = self.input_qdq(x)
+        y = _QDQLinearFn.apply(x, self.weight_q, self.weight_scale, self.weight_zero, self.bias_q,
+                               self.bias_scale)
+        if self.bias_float is not None:
+            y = y + self.bias_float
+        return self.output_qdq(y) if self.output_qdq is not None else y
+
+
+class _QDQConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, wz: torch.Tensor,
+                bq: torch.Tensor | None, bs: torch.Tensor | None, stride: tuple[int, ...],
+                padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> torch.Tensor:
+        w = _dequant_weight(wq, ws, wz)
+        b = None if bq is None or bs is None else bq.to(torch.float32) * bs
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, wq: Any, ws: Any, wz: Any, bq: Any, bs: Any, stride: tuple[int, ...],
+                 padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Any:
+        w = _dq(g, wq, ws, wz, 0)
+        kshape = [int(s) for s in wq.type().sizes()[2:]]
+        attrs = {"strides_i": list(stride), "pads_i": list(padding) * 2, "dilations_i": list(dilation),
+                 "group_i": groups, "kernel_shape_i": kshape}
+        if _is_none(bq):
+            return g.op("Conv", x, w, **attrs)
+        b = _dq(g, bq, bs, _const(g, torch.zeros(_len(bs), dtype=torch.int32)), 0)
+        return g.op("Conv", x, w, b, **attrs)
+
+
+class QDQConv2d(nn.Module):
+    """A Conv2d with int8 weights (per output channel), an int32 bias and optional quantized
+    input and output activations. Padding must be numeric and zero-filled."""
+
+    def __init__(self, conv: nn.Conv2d, weight_q: torch.Tensor, weight_scale: torch.Tensor,
+                 bias: torch.Tensor | None, *, input_qdq: QuantDequant | None = None,
+                 output_qdq: QuantDequant | None = None, weight_zero: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ValueError("QDQConv2d needs numeric zero padding")
+        self.stride = tuple(conv.stride)
+        self.padding = tuple(conv.padding)
+        self.dilation = tuple(conv.dilation)
+        self.groups = conv.groups
+        self.register_buffer("weight_q", weight_q.to(torch.int8))
+        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
+        zero = weight_zero if weight_zero is not None else torch.zeros(weight_q.shape[0])
+        self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
+        self.input_qdq = input_qdq
+        self.output_qdq = output_qdq
+        in_scale = float(input_qdq.scale) if input_qdq is not None else None
+        bias_q = _bias_int32(bias, in_scale, self.weight_scale) if bias is not None and in_scale else None
+        self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(
+            bias.detach().float().reshape(1, -1, 1, 1), requires_grad=False)
+        self.register_buffer("bias_q", bias_q[0] if bias_q else None)
+        self.register_buffer("bias_scale", bias_q[1] if bias_q else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_qdq is not None:
+            x = self.input_qdq(x)
+        y = _QDQConvFn.apply(x, self.weight_q, self.weight_scale, self.weight_zero, self.bias_q,
+                             self.bias_scale, self.stride, self.padding, self.dilation, self.groups)
+        if self.bias_float is not None:
+            y = y + self.bias_float
+        return self.output_qdq(y) if self.output_qdq is not None else y
+
+
+def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes and scales for a float weight."""
+    qmax = 2 ** (bits - 1) - 1
+    amax = w.detach().float().reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12)
+    scale = amax / qmax
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    q = torch.round(w.detach().float() / scale.reshape(shape)).clamp(-qmax - 1, qmax)
+    return q.to(torch.int8), scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic int8: activations quantized per batch at run time (uint8, asymmetric), as ONNX's
+# DynamicQuantizeLinear defines it.
+
+def dynamic_quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch twin of ONNX DynamicQuantizeLinear: range widened to include 0, scale =
+    range / 255, zero point rounded half to even and saturated."""
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.clamp(torch.round(-lo / scale), 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
+    return q, scale, zero
+
+
+class _DynamicLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wq_t: torch.Tensor, ws: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        q, s, z = dynamic_quantize_uint8(x)
+        # Integer accumulation is exact in float64 at these sizes.
+        acc = torch.matmul((q - z).double(), wq_t.double())
+        y = (acc * (s.double() * ws.double())).to(torch.float32)
+        return y + bias if bias is not None else y
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, wq_t: Any, ws: Any, bias: Any) -> Any:
+        q, s, z = g.op("DynamicQuantizeLinear", x, outputs=3)
+        acc = g.op("MatMulInteger", q, wq_t, z)
+        y = g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", s, ws))
+        return y if _is_none(bias) else g.op("Add", y, bias)
+
+
+class DynamicInt8Linear(nn.Module):
+    """int8 symmetric per-output-channel weights; activations quantized per call to uint8.
+
+    Exported as DynamicQuantizeLinear -> MatMulInteger -> Mul (-> Add), the pattern ONNX
+    Runtime fuses into DynamicQuantizeMatMul. The weight is stored transposed, (in, out), the
+    layout MatMulInteger reads.
+    """
+
+    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight_q_t", weight_q.to(torch.int8).t().contiguous())
+        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DynamicLinearFn.apply(x, self.weight_q_t, self.weight_scale, self.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-only low-bit: the packed stream stays packed in the file.
+
+def _stream_period(bits: int) -> tuple[int, int]:
+    """(codes, bytes) of the smallest whole-byte period of a little-endian b-bit stream."""
+    codes = 8 // math.gcd(bits, 8)
+    return codes, codes * bits // 8
+
+
+def unpack_stream(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The first n codes of a little-endian b-bit stream (the layout of quant/packing.py),
+    computed with the same per-period gathers and shifts the ONNX graph uses."""
+    codes, nbytes = _stream_period(bits)
+    lo, hi, shift = _period_tables(bits)
+    data = packed.reshape(-1).to(torch.int32)
+    pad = (-data.numel()) % nbytes
+    data = torch.cat([data, data.new_zeros(pad)]).reshape(-1, nbytes)
+    window = data[:, lo] | (data[:, hi] << 8)
+    out = (window >> shift) & ((1 << bits) - 1)
+    return out.reshape(-1)[:n]
+
+
+def _period_tables(bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    codes, nbytes = _stream_period(bits)
+    start = torch.arange(codes) * bits
+    lo = start // 8
+    hi = torch.clamp(lo + 1, max=nbytes - 1)
+    return lo, hi, (start % 8).to(torch.int32)
+
+
+class _PackedDequantFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                shape: tuple[int, ...], group: int) -> torch.Tensor:
+        n = math.prod(shape)
+        codes = unpack_stream(packed, bits, n).to(torch.float32).reshape(-1, group)
+        return ((codes - zero.reshape(-1, 1)) * scale.reshape(-1, 1)).reshape(shape)
+
+    @staticmethod
+    def symbolic(g: Any, packed: Any, scale: Any, zero: Any, bits: int, shape: tuple[int, ...],
+                 group: int) -> Any:
+        n = math.prod(shape)
+        codes_per, nbytes = _stream_period(bits)
+        lo, hi, shift = _period_tables(bits)
+        total = int(packed.type().sizes()[0])
+        pad = (-total) % nbytes
+        # int32 arithmetic (x * 256, integer Div, Mod) instead of BitShift, which needs unsigned
+        # types the TorchScript exporter cannot declare; ORT folds it all away at load time.
+        data = g.op("Cast", packed, to_i=6)
+        if pad:
+            data = g.op("Pad", data, _const(g, torch.tensor([0, pad], dtype=torch.int64)))
+        data = g.op("Reshape", data, _const(g, torch.tensor([-1, nbytes], dtype=torch.int64)))
+        low = g.op("Gather", data, _const(g, lo.to(torch.int64)), axis_i=1)
+        high = g.op("Gather", data, _const(g, hi.to(torch.int64)), axis_i=1)
+        window = g.op("Add", low, g.op("Mul", high, _const(g, torch.tensor(256, dtype=torch.int32))))
+        window = g.op("Div", window, _const(g, (1 << shift).to(torch.int32)))
+        codes = g.op("Mod", window, _const(g, torch.tensor(1 << bits, dtype=torch.int32)))
+        codes = g.op("Reshape", codes, _const(g, torch.tensor([-1], dtype=torch.int64)))
+        codes = g.op("Slice", codes, _const(g, torch.tensor([0], dtype=torch.int64)),
+                     _const(g, torch.tensor([n], dtype=torch.int64)))
+        codes = g.op("Cast", codes, to_i=1)
+        codes = g.op("Reshape", codes, _const(g, torch.tensor([-1, group], dtype=torch.int64)))
+        w = g.op("Mul", g.op("Sub", codes, zero), scale)
+        return g.op("Reshape", w, _const(g, torch.tensor(list(shape), dtype=torch.int64)))
+
+
+class _PackedWeight(nn.Module):
+    """Shared storage of packed weights: stream (uint8), per-group scale and zero (float,
+    shape (groups, 1)), where groups run over the weight viewed as (out * in / group, group)."""
+
+    # The exporter must not constant-fold the unpacking subgraph, or the file would hold the
+    # unpacked codes (see onnx.write_onnx).
+    keeps_packed = True
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
+                 shape: tuple[int, ...], group: int) -> None:
+        super().__init__()
+        self.bits, self.shape, self.group = bits, tuple(int(s) for s in shape), int(group)
+        self.register_buffer("packed", packed.reshape(-1).to(torch.uint8))
+        self.register_buffer("scale", scale.reshape(-1, 1).float())
+        self.register_buffer("zero", zero.reshape(-1, 1).float())
+
+    def weight(self) -> torch.Tensor:
+        return _PackedDequantFn.apply(self.packed, self.scale, self.zero, self.bits, self.shape, self.group)
+
+
+class PackedWeightLinear(_PackedWeight):
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
+                 *, bits: int, shape: tuple[int, ...], group: int) -> None:
+        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias)
+
+
+class PackedWeightConv2d(_PackedWeight):
+    def __init__(self, conv: nn.Conv2d, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 bias: torch.Tensor | None, *, bits: int, group: int) -> None:
+        super().__init__(packed, scale, zero, bits=bits, shape=tuple(conv.weight.shape), group=group)
+        self.stride, self.padding = conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
