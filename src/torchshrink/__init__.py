@@ -61,3 +61,8 @@ from torchshrink.lowrank import SvdFactorization  # noqa: E402
 __all__ += ["SvdFactorization", "lowrank"]
 # --- distill (issue 7) ---
 # --- export (issue 8) ---
+# `ts.export` is the function; the subpackage stays importable as torchshrink.export.<module>.
+from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402
+from torchshrink.export import export as export  # noqa: E402
+
+__all__ += ["ExportResult", "ParityError", "export", "load_pt2"]
