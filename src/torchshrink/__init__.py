@@ -45,21 +45,53 @@ from torchshrink.codec import load, read_info, save  # noqa: E402
 
 __all__ += ["codec", "load", "read_info", "save"]
 # --- prune (issue 3) ---
+# Importing the subpackage binds `torchshrink.prune` to it; the package object is callable and
+# forwards to api.prune, so `ts.prune(model, config)` keeps working (see prune/__init__.py).
+from torchshrink import prune  # noqa: E402
+from torchshrink.prune import (  # noqa: E402
+    ChannelPruning,
+    GradualPruning,
+    MagnitudePruning,
+    NMPruning,
+    SparseExecution,
+    SparsityRegularization,
+)
+
+__all__ += ["ChannelPruning", "GradualPruning", "MagnitudePruning", "NMPruning", "SparseExecution",
+            "SparsityRegularization"]
 # --- quant (issue 4) ---
+from torchshrink import quant  # noqa: E402
+from torchshrink.quant import (  # noqa: E402
+    QAT,
+    Cast,
+    DynamicInt8,
+    MixedPrecision,
+    StaticInt8,
+    WeightOnly,
+    quant_diagnostics,
+)
+
+__all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "StaticInt8", "WeightOnly", "quant",
+            "quant_diagnostics"]
 # --- cluster / codec / recipe (issue 5) ---
 from torchshrink.cluster import KMeansSharing  # noqa: E402
 from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
 
 # Importing the `cluster` subpackage binds `torchshrink.cluster` to it; put the verb back.
 from torchshrink.api import cluster  # noqa: E402,F811
+from torchshrink.recipe import CompressResult, Recipe, compress, load_recipe  # noqa: E402
 
-__all__ += ["KMeansSharing"]
+__all__ += ["CompressResult", "KMeansSharing", "Recipe", "compress", "load_recipe"]
 # --- lowrank (issue 6) ---
 from torchshrink import lowrank  # noqa: E402
 from torchshrink.lowrank import SvdFactorization  # noqa: E402
 
 __all__ += ["SvdFactorization", "lowrank"]
 # --- distill (issue 7) ---
+from torchshrink import distill  # noqa: E402
+from torchshrink.distill import Distillation  # noqa: E402
+
+__all__ += ["Distillation", "distill"]
 # --- export (issue 8) ---
 # `ts.export` is the function; the subpackage stays importable as torchshrink.export.<module>.
 from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402

@@ -27,8 +27,17 @@ class _CallablePackage(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallablePackage
 
+from torchshrink.prune.attention import PrunedMultiheadAttention  # noqa: E402
+from torchshrink.prune.channel import ChannelPruning, count_macs, prune_channels  # noqa: E402
+from torchshrink.prune.criteria import CRITERIA, weight_scores  # noqa: E402
 from torchshrink.prune.magnitude import MagnitudePruning, prune_unstructured  # noqa: E402
 from torchshrink.prune.mask import PruningMask, mask_of, remove_masks, set_mask, sparsity_of  # noqa: E402
+from torchshrink.prune.nm import NMPruning, accelerate_semi_structured, is_nm  # noqa: E402
+from torchshrink.prune.regularization import SparsityRegularization  # noqa: E402
+from torchshrink.prune.schedules import GradualPruning, iterative_pruning, polynomial_sparsity  # noqa: E402
+from torchshrink.prune.sparse import SparseExecution, SparseLinear  # noqa: E402
 
-__all__ = ["MagnitudePruning", "PruningMask", "mask_of", "prune_unstructured", "remove_masks", "set_mask",
-           "sparsity_of"]
+__all__ = ["CRITERIA", "ChannelPruning", "GradualPruning", "MagnitudePruning", "NMPruning", "PrunedMultiheadAttention",
+           "PruningMask", "SparseExecution", "SparseLinear", "SparsityRegularization", "accelerate_semi_structured",
+           "count_macs", "is_nm", "iterative_pruning", "mask_of", "polynomial_sparsity", "prune_channels",
+           "prune_unstructured", "remove_masks", "set_mask", "sparsity_of", "weight_scores"]

@@ -1,0 +1,133 @@
+"""`NMPruning`: semi-structured N:M sparsity (keep n of every m consecutive weights of a row).
+
+2:4 is what NVIDIA Ampere+ sparse tensor cores execute. On CPU the pattern is kept as a
+`PruningMask` (it saves nothing at run time there); on CUDA with fp16/bf16 weights,
+`accelerate_semi_structured` (run by the handler when the model is on a GPU) swaps the weight
+for `torch.sparse.to_sparse_semi_structured`, which runs on the sparse kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from torchshrink.config import Config, check, check_choice
+from torchshrink.errors import ConfigError
+from torchshrink.nn import params, select_layers
+from torchshrink.prune.criteria import (
+    CRITERIA,
+    Criterion,
+    collect_inputs,
+    require_data,
+    weight_scores,
+)
+from torchshrink.prune.mask import PruningMask, mask_of, set_mask
+from torchshrink.prune.obs import obs_prune
+from torchshrink.registry import Context, register
+
+__all__ = ["NMPruning", "nm_mask", "accelerate_semi_structured", "is_nm"]
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask keeping the n highest scores of every m consecutive entries along the last
+    dim of the 2-D view (rows, columns)."""
+    rows = scores.shape[0]
+    s = scores.detach().float().reshape(rows, -1, m)
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    keep.scatter_(2, torch.topk(s, n, dim=2).indices, True)
+    return keep.reshape(scores.shape)
+
+def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """Whether at most n of every m consecutive entries of each row are non-zero."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    if w.shape[1] % m:
+        return False
+    return bool(((w.reshape(w.shape[0], -1, m) != 0).sum(2) <= n).all())
+
+def accelerate_semi_structured(model: nn.Module) -> list[str]:
+    """On CUDA: replace 2:4-masked fp16/bf16 Linear weights by semi-structured sparse tensors
+    (`torch.sparse.to_sparse_semi_structured`). Returns the converted layer names; a CPU model
+    or a layer the kernels do not accept is left as it is (masked)."""
+    if not torch.cuda.is_available():
+        return []
+    from torch.sparse import to_sparse_semi_structured
+
+    done = []
+    for name, lin in model.named_modules():
+        if not isinstance(lin, nn.Linear) or mask_of(lin) is None:
+            continue
+        w = lin.weight.detach()
+        if not w.is_cuda or w.dtype not in (torch.float16, torch.bfloat16) or not is_nm(w, 2, 4):
+            continue
+        if len(params.chain(lin)) != 1:
+            continue  # a codebook or quantizer follows the mask; keep the chain
+        try:
+            sparse = to_sparse_semi_structured(w)
+        except Exception:  # shape or arch the sparse kernels do not support
+            continue
+        params.remove(lin, PruningMask)
+        lin.weight = nn.Parameter(sparse, requires_grad=False)
+        lin.execution = "2:4 sparse kernel (semi-structured)"
+        done.append(name)
+    return done
+
+def _apply(model: nn.Module, config: NMPruning, ctx: Context) -> nn.Module:
+    require_data(config.criterion, ctx.calibration)
+    layers = select_layers(model, targets=config.targets, ignore=config.ignore)
+    ok = [(n, mod) for n, mod in layers if mod.weight[0].numel() % config.m == 0
+          and getattr(mod, "groups", 1) == 1]
+    if not ok:
+        raise ConfigError(
+            f"NMPruning({config.n}:{config.m}) found no layer whose input width is a multiple of {config.m}; "
+            f"layers: {[n for n, _ in layers]}"
+        )
+    skipped = [n for n, _ in layers if n not in {k for k, _ in ok}]
+    if config.criterion == "obs":
+        assert ctx.calibration is not None
+        stats = collect_inputs(model, ok, ctx.calibration, hessian=True, limit=config.calibration_batches)
+        for name, mod in ok:
+            s = stats[name]
+            assert s.hessian is not None
+            w = mod.weight.detach()
+            new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, 0.0,
+                                    nm=(config.n, config.m))
+            with torch.no_grad():
+                params.original(mod).copy_(new_w.reshape(w.shape))
+            set_mask(mod, keep.reshape(w.shape))
+    else:
+        scores = weight_scores(model, ok, config.criterion, ctx.calibration, limit=config.calibration_batches)
+        for name, mod in ok:
+            w = mod.weight
+            keep = nm_mask(scores[name].reshape(w.shape[0], -1), config.n, config.m).reshape(w.shape)
+            old = mask_of(mod)
+            set_mask(mod, keep if old is None else keep & old)
+    object.__setattr__(model, "torchshrink_nm_skipped", skipped)
+    if config.accelerate:
+        accelerate_semi_structured(model)
+    return model
+
+@register(family="prune", handler=_apply, name="nm_pruning")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NMPruning(Config):
+    """Semi-structured sparsity: keep n of every m consecutive input weights of each row.
+
+    Layers whose input width is not a multiple of m (and grouped convolutions) are skipped and
+    listed in `model.torchshrink_nm_skipped`. accelerate: on CUDA with fp16/bf16 weights, run
+    2:4 layers on the semi-structured sparse kernels.
+    """
+
+    n: int = 2
+    m: int = 4
+    targets: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    criterion: Criterion = "l1"
+    calibration_batches: int = 8
+    accelerate: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.m >= 2, f"m must be >= 2, got {self.m}")
+        check(1 <= self.n < self.m, f"n must be in [1, m) = [1, {self.m}), got {self.n}")
+        check_choice("criterion", self.criterion, CRITERIA)
+        check(self.calibration_batches >= 1, f"calibration_batches must be >= 1, got {self.calibration_batches}")
