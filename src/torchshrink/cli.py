@@ -191,6 +191,17 @@ def _fit_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k in accepted and k not in ("batch_size", "model", "train")}
 
 
+def _loaders(splits: Any, recipe: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    """data.loaders with the recipe's loader options (batch size, augmentation shift)."""
+    import inspect
+
+    from torchshrink import data
+
+    accepted = set(inspect.signature(data.loaders).parameters)
+    kw = {k: v for k, v in recipe.items() if k in accepted and k not in ("splits", "eval_batch_size", "seed")}
+    return data.loaders(splits, eval_batch_size=EVAL_BATCH_SIZE, seed=seed, **kw)
+
+
 def _evaluate_file(path: str, data_name: str | None, split: str = "test") -> dict[str, Any]:
     """Load an artifact and compute its accuracy on the split `train` reported on."""
     from torchshrink.codec.container import load, read_info
@@ -278,7 +289,6 @@ def train_and_save(model_name: str, data_name: str, *, out: str, epochs: int | N
                    progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on the test split, save with the accuracy in the metadata, and check that
     the saved file reproduces that accuracy."""
-    from torchshrink import data
     from torchshrink.codec.container import load, save
     from torchshrink.train import evaluate, fit, seed_everything
 
@@ -296,8 +306,7 @@ def train_and_save(model_name: str, data_name: str, *, out: str, epochs: int | N
     splits = _load_data(data_name)
     seed_everything(seed)
     model = _build_model(model_name, splits.input_shape, splits.num_classes)
-    train_loader, val_loader, _ = data.loaders(splits, batch_size=int(recipe["batch_size"]),
-                                               eval_batch_size=EVAL_BATCH_SIZE, seed=seed)
+    train_loader, val_loader, _ = _loaders(splits, recipe, seed)
     fit_kw = _fit_kwargs(recipe)
     fit_kw.update(epochs=int(recipe["epochs"]), seed=seed, progress=progress, desc=f"train {model_name}")
     result = fit(model, train_loader, val=val_loader, **fit_kw)
@@ -480,15 +489,15 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     out.mkdir(parents=True, exist_ok=True)
     recipe_path = _find_recipe(recipe)
     splits = data.load("mnist5k", seed=DATA_SEED)
-    train_loader, val_loader, _ = data.loaders(splits, batch_size=128, eval_batch_size=EVAL_BATCH_SIZE)
+    base_recipe = train_recipe("lenet300")
+    if epochs is not None:
+        base_recipe["epochs"] = epochs
+    train_loader, val_loader, _ = _loaders(splits, base_recipe, seed=0)
     test_loader = _test_loader(splits)
 
     def accuracy(m: nn.Module) -> float:
         return evaluate(m, test_loader)["accuracy"]
 
-    base_recipe = train_recipe("lenet300")
-    if epochs is not None:
-        base_recipe["epochs"] = epochs
     seed_everything(0)
     model = models.create("lenet300")
     fit_kw = _fit_kwargs(base_recipe)

@@ -1,7 +1,7 @@
 """Coding: structure specs, tensor encodings (dense now; sparse, Huffman, ANS) and the artifact."""
 
 from torchshrink.codec.container import FORMAT_VERSION, ArtifactInfo, TensorRecord, load, read_info, save
-from torchshrink.codec.encodings import Encoding, TensorHint, encodings, get_encoding, register_encoding
+from torchshrink.codec.encodings import Encoding, TensorHint, get_encoding, register_encoding
 
 __all__ = [
     "FORMAT_VERSION",
@@ -9,7 +9,6 @@ __all__ = [
     "Encoding",
     "TensorHint",
     "TensorRecord",
-    "encodings",
     "get_encoding",
     "load",
     "read_info",

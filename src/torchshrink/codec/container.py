@@ -218,34 +218,64 @@ def _module_specs(model: nn.Module) -> dict[str, list[Any]]:
     return out
 
 
+def _unregistered_error(name: str, m: nn.Module) -> ArtifactError:
+    return ArtifactError(
+        f"layer {name!r} is a {_plain_type(m).__name__}, which the artifact cannot rebuild: register it with "
+        "torchshrink.codec.structure.register_module(cls, to_spec=..., from_spec=...) next to its definition"
+    )
+
+
 def _structure(model: nn.Module, reference: nn.Module | None
                ) -> tuple[list[list[Any]], dict[str, int], dict[str, list[list[Any]]]]:
-    """Structure specs and parametrization chains. With a reference skeleton (the model is a
-    registered reference model) only modules that differ from it are recorded: the loader
-    starts from that skeleton, so the rest would be bytes spent saying nothing."""
+    """Structure specs and parametrization chains.
+
+    With a reference skeleton (the model is a registered reference model) the save simulates
+    the load: it replays specs on the skeleton parents first and records only the modules
+    that still differ, so an unchanged architecture costs no bytes and the children of a
+    rebuilt module are recorded only where its constructor does not already produce them.
+    """
     table: list[list[Any]] = []
     index: dict[str, int] = {}
     specs: dict[str, int] = {}
     chains: dict[str, list[list[Any]]] = {}
-    base = _module_specs(reference) if reference is not None else {}
-    if reference is not None:
-        ref_types = {n: type(m) for n, m in reference.named_modules()}
+    wanted = _module_specs(model)
+    recorded: dict[str, list[Any]] = {}
+    if reference is None:
+        recorded = wanted
+    else:
+        sim = reference
+        for name in sorted(wanted, key=lambda n: (_depth(n), n)):
+            entry = wanted[name]
+            try:
+                existing: nn.Module | None = sim.get_submodule(name) if name else sim
+            except AttributeError:
+                existing = None
+            codec = _module_codec(existing) if existing is not None else None
+            if codec is not None and existing is not None and [codec.name, _normalized(codec.to_spec(existing))] == entry:
+                continue
+            recorded[name] = entry
+            new = structure.module_codec_by_name(entry[0]).from_spec(entry[1])
+            if name == "":
+                sim = new
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            try:
+                parent = sim.get_submodule(parent_name) if parent_name else sim
+            except AttributeError:
+                raise _unregistered_error(parent_name, model.get_submodule(parent_name)) from None
+            setattr(parent, attr, new)
+        sim_types = {n: _plain_type(m) for n, m in sim.named_modules()}
         for name, m in model.named_modules():
             if "parametrizations" in name.split(".") or _module_codec(m) is not None:
                 continue
-            if ref_types.get(name) is not _plain_type(m):
-                raise ArtifactError(
-                    f"layer {name!r} is a {_plain_type(m).__name__}, which the artifact cannot rebuild: register "
-                    "it with torchshrink.codec.structure.register_module(cls, to_spec=..., from_spec=...) "
-                    "next to its definition"
-                )
-    for name, entry in _module_specs(model).items():
-        if base.get(name) != entry:
-            k = _dumps(entry)
-            if k not in index:
-                index[k] = len(table)
-                table.append(entry)
-            specs[name] = index[k]
+            if sim_types.get(name) is not _plain_type(m):
+                raise _unregistered_error(name, m)
+    for name, entry in recorded.items():
+        k = _dumps(entry)
+        if k not in index:
+            index[k] = len(table)
+            table.append(entry)
+        specs[name] = index[k]
     for name, m in model.named_modules():
         if parametrize.is_parametrized(m) and "parametrizations" not in name.split("."):
             for tensor_name, plist in m.parametrizations.items():  # type: ignore[union-attr]
