@@ -221,7 +221,9 @@ def weight_scores(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cri
             assert s.hessian is not None
             h = s.hessian / s.rows
             h = h + damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(h.shape[0], device=h.device)
-            hinv_diag = torch.linalg.inv(h).diagonal()
+            l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(h.shape[0], device=h.device),
+                                                  upper=False)
+            hinv_diag = l_inv.pow(2).sum(0)  # diag(L^-T L^-1)
             out[n] = w.reshape(w.shape[0], -1).pow(2).div(hinv_diag).reshape(w.shape)
             continue
         out[n] = w.abs() * _expand_cols(col, w)

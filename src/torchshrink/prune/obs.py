@@ -29,7 +29,10 @@ def obs_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *,
     h += damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(cols, device=h.device)
     # Upper Cholesky factor of H^-1: row i holds the OBS update of the columns after i when
     # column i is fixed (the SparseGPT trick that makes sequential updates cheap).
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    # H^-1 = L^-T L^-1 through a triangular solve: torch.cholesky_inverse is orders of magnitude
+    # slower on some CPU builds.
+    l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(cols, device=h.device), upper=False)
+    hinv = torch.linalg.cholesky(l_inv.T @ l_inv, upper=True)
     prune = torch.zeros_like(w, dtype=torch.bool)
     forced = torch.zeros_like(prune) if keep is None else ~keep.reshape(rows, cols).to(torch.bool)
     total = round(sparsity * w.numel())

@@ -156,6 +156,6 @@ class SparseExecution(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("min_sparsity", self.min_sparsity, 0.0, 1.0)
-        check(self.min_speedup > 0, f"min_speedup must be > 0, got {self.min_speedup}")
+        check(self.min_speedup >= 0, f"min_speedup must be >= 0, got {self.min_speedup}")
         check(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
         check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
