@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
+import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -18,8 +20,8 @@ from torch.nn import functional as F
 
 from torchshrink.errors import ConfigError, DataError
 
-__all__ = ["Callback", "FitState", "FitResult", "fit", "evaluate", "accuracy", "mean_loss",
-           "default_loss", "seed_everything", "unwrap_batch"]
+__all__ = ["Callback", "Checkpoint", "FitState", "FitResult", "fit", "evaluate", "accuracy", "mean_loss",
+           "default_loss", "default_recipe", "fit_recipe", "seed_everything", "unwrap_batch", "is_main_process"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -54,18 +56,35 @@ def _to(x: Any, device: torch.device) -> Any:
     return x
 
 
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy for (N, C) logits, or per position for (N, T, C) sequence logits."""
     if logits.dim() == 3:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-    return F.cross_entropy(logits, targets)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
-def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+def default_loss(model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
     x, y = unwrap_batch(batch)
     if y is None:
         raise DataError("the default loss needs (input, target) batches; pass loss= for unlabeled data")
-    return classification_loss(model(x), y)
+    return classification_loss(model(x), y, label_smoothing)
+
+
+def _shape_error(model: nn.Module, x: Any, error: Exception) -> DataError | None:
+    """A DataError naming expected and given input shapes, when a forward failed on a batch
+    whose shape does not match the model's declared `input_shape`."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None or not isinstance(x, torch.Tensor):
+        return None
+    expected = tuple(int(d) for d in shape)
+    if tuple(x.shape[1:]) == expected:
+        return None
+    want = "(N, " + ", ".join(str(d) for d in expected) + ")"
+    return DataError(
+        f"{type(model).__name__} expects input batches of shape {want}, got {tuple(x.shape)}; "
+        f"reshape the data to {want} or pick a model that matches this data set (forward failed with: {error})"
+    )
 
 
 @dataclasses.dataclass
@@ -119,7 +138,13 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device | 
             if y is None:
                 raise DataError("evaluate() needs (input, target) batches")
             with _autocast(dev, amp):
-                logits = model(x)
+                try:
+                    logits = model(x)
+                except RuntimeError as e:
+                    err = _shape_error(model, x, e)
+                    if err is not None:
+                        raise err from e
+                    raise
             logits = logits.float()
             loss_sum += float(classification_loss(logits, y)) * y.numel()
             correct += int((logits.argmax(-1) == y).sum())
@@ -177,6 +202,117 @@ def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     raise ConfigError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
 
 
+class Checkpoint(Callback):
+    """Write the model as a torchshrink artifact every `every` epochs and at the end of
+    training (after early stopping restored the best weights). Only the main process of a
+    distributed run writes; the write is atomic, so a crash never leaves a torn file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, every: int = 1,
+                 metadata: dict[str, Any] | None = None) -> None:
+        if every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1 epoch, got {every}")
+        self.path = path
+        self.every = every
+        self.metadata = dict(metadata or {})
+        self.writes = 0
+
+    def _write(self, model: nn.Module, state: FitState) -> None:
+        if not is_main_process():
+            return
+        from torchshrink.codec.container import save
+
+        meta = {**self.metadata, "epoch": state.epoch + 1, "step": state.step}
+        if state.val_metric is not None:
+            meta["val_metric"] = state.val_metric
+        save(model, self.path, metadata=meta)
+        self.writes += 1
+
+    def on_epoch_end(self, model: nn.Module, state: FitState) -> None:
+        if (state.epoch + 1) % self.every == 0:
+            self._write(model, state)
+
+    def on_fit_end(self, model: nn.Module, state: FitState) -> None:
+        self._write(model, state)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 inside one."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@dataclasses.dataclass
+class _Distributed:
+    rank: int
+    local_rank: int
+    world_size: int
+    created_group: bool
+
+
+def _torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, local_rank, world_size) when this process was started by torchrun (which sets
+    these variables as its launch protocol) with more than one process."""
+    world = os.environ.get("WORLD_SIZE")
+    local = os.environ.get("LOCAL_RANK")
+    if world is None or local is None or int(world) <= 1:
+        return None
+    return int(os.environ.get("RANK", local)), int(local), int(world)
+
+
+def _setup_distributed(dev: torch.device, distributed: bool | None) -> tuple[_Distributed | None, torch.device]:
+    import torch.distributed as dist
+
+    env = _torchrun_env()
+    if distributed is False or (distributed is None and env is None and not dist.is_initialized()):
+        return None, dev
+    if not dist.is_available():
+        raise ConfigError("distributed training needs a torch build with torch.distributed")
+    created = False
+    if not dist.is_initialized():
+        if env is None:
+            raise ConfigError(
+                "fit(distributed=True) needs a launcher: start the script with "
+                "`torchrun --nproc_per_node=N script.py` (or initialize torch.distributed yourself)"
+            )
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        created = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = env[1] if env is not None else rank
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    return _Distributed(rank, local, world, created), dev
+
+
+def _shard_loader(loader: Iterable[Any], dd: _Distributed, seed: int | None) -> tuple[Iterable[Any], Any]:
+    """The same loader with a DistributedSampler, so each process sees its own share of the
+    data (padded to equal length: unequal step counts would deadlock the gradient all-reduce)."""
+    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data.distributed import DistributedSampler
+
+    if not isinstance(loader, DataLoader):
+        return loader, None  # the caller shards a custom iterable itself
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader, loader.sampler
+    if loader.batch_size is None:  # a custom batch_sampler: we cannot re-shard it faithfully
+        raise ConfigError("distributed fit() needs a DataLoader built with batch_size=, not batch_sampler=")
+    sampler = DistributedSampler(loader.dataset, num_replicas=dd.world_size, rank=dd.rank,  # type: ignore[arg-type]
+                                 shuffle=isinstance(loader.sampler, RandomSampler), seed=seed or 0,
+                                 drop_last=loader.drop_last)
+    sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                         collate_fn=loader.collate_fn, drop_last=loader.drop_last,
+                         num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+    return sharded, sampler
+
+
+# ----------------------------------------------------------------------------- fit
+
+
 def fit(
     model: nn.Module,
     train: Iterable[Any],
@@ -200,27 +336,53 @@ def fit(
     seed: int | None = 0,
     progress: bool = True,
     desc: str = "train",
+    label_smoothing: float = 0.0,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Train `model` in place.
 
-    loss: `(model, batch) -> scalar`; default cross-entropy on (x, y) batches.
+    loss: `(model, batch) -> scalar`; default cross-entropy on (x, y) batches (with
+        `label_smoothing`).
     amp: automatic mixed precision: bf16 autocast on CPU; fp16 with a GradScaler on CUDA
         (pass "bf16" to use bf16 on CUDA too).
     early_stopping: stop after this many epochs without a better validation metric (accuracy
         for labeled data, else negative loss); with restore_best the best weights are put back.
+    checkpoint: write the model as a torchshrink artifact here every `checkpoint_every` epochs
+        and at the end (see `Checkpoint`).
+    distributed: DistributedDataParallel across processes. None (default) turns it on when the
+        script was started by `torchrun` with more than one process (gloo on CPU, nccl on
+        CUDA); the train loader is re-sharded with a DistributedSampler, every process
+        evaluates the full validation set (so early-stopping decisions agree), and only rank 0
+        shows progress and writes checkpoints.
     """
     import time
 
     if epochs < 1 and not max_steps:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if seed is not None:
         seed_everything(seed)
     dev = torch.device(device) if device is not None else _model_device(model)
+    dd, dev = _setup_distributed(dev, distributed)
     model.to(dev)
-    loss_fn = loss or default_loss
+    loss_fn = loss or functools.partial(default_loss, label_smoothing=label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{type(model).__name__} has no trainable parameters")
+    callbacks = list(callbacks)
+    if checkpoint is not None:
+        callbacks.append(Checkpoint(checkpoint, every=checkpoint_every))
+    sampler = None
+    runner: nn.Module = model
+    if dd is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train, sampler = _shard_loader(train, dd, seed)
+        runner = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    show = progress and (dd is None or dd.rank == 0)
     opt = _make_optimizer(params, optimizer, lr, weight_decay, momentum)
     try:
         steps_per_epoch = len(train)  # type: ignore[arg-type]
@@ -240,10 +402,12 @@ def fit(
     t0 = time.perf_counter()
     for cb in callbacks:
         cb.on_fit_start(model, state)
-    bar = _progress(total, desc, progress)
+    bar = _progress(total, desc, show)
     try:
         for epoch in range(epochs):
             state.epoch = epoch
+            if sampler is not None and hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             model.train()
             running, count = 0.0, 0
             for batch in train:
@@ -253,7 +417,13 @@ def fit(
                 for cb in callbacks:
                     cb.on_step_start(model, state)
                 with _autocast(dev, amp):
-                    value = loss_fn(model, batch)
+                    try:
+                        value = loss_fn(runner, batch)
+                    except RuntimeError as e:
+                        err = _shape_error(model, unwrap_batch(batch)[0], e)
+                        if err is not None:
+                            raise err from e
+                        raise
                     for cb in callbacks:
                         extra = cb.extra_loss(model, state)
                         if extra is not None:
@@ -315,7 +485,55 @@ def fit(
     for cb in callbacks:
         cb.on_fit_end(model, state)
     model.eval()
+    if dd is not None and dd.created_group:
+        import torch.distributed as dist
+
+        dist.barrier()  # nobody tears the group down while a peer still writes or reduces
+        dist.destroy_process_group()
     return FitResult(len(history), state.step, history, best, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+# Measured on mnist5k (3,500 train / 500 val / 1,000 test, seed 0), 2 CPU cores; see
+# tests/test_train.py and bench/. Random shifts of up to 2 pixels plus label smoothing are
+# what lift LeNet-300-100 from ~94.5% to ~97% on this small sample.
+_RECIPES: dict[str, dict[str, Any]] = {
+    "lenet300": {"epochs": 40, "lr": 2e-3, "batch_size": 128, "shift": 2, "optimizer": "adamw",
+                 "weight_decay": 0.05, "label_smoothing": 0.1, "schedule": "cosine"},
+    "lenet5": {"epochs": 20, "lr": 1e-3, "batch_size": 128, "shift": 2, "optimizer": "adamw",
+               "weight_decay": 0.0, "label_smoothing": 0.1, "schedule": "cosine"},
+    "resnet_small": {"epochs": 10, "lr": 2e-3, "batch_size": 128, "shift": 2, "optimizer": "adamw",
+                     "weight_decay": 0.05, "label_smoothing": 0.1, "schedule": "cosine"},
+    "mobilenet_small": {"epochs": 10, "lr": 2e-3, "batch_size": 128, "shift": 2, "optimizer": "adamw",
+                        "weight_decay": 0.05, "label_smoothing": 0.1, "schedule": "cosine"},
+    "gpt_tiny": {"epochs": 1, "lr": 3e-3, "batch_size": 64, "shift": 0, "optimizer": "adamw",
+                 "weight_decay": 0.1, "label_smoothing": 0.0, "schedule": "cosine"},
+}
+_LOADER_KEYS = ("batch_size", "shift")
+
+
+def default_recipe(model_name: str) -> dict[str, Any]:
+    """The training recipe `torchshrink train` uses for a reference model: a fresh dict with
+    `epochs, lr, batch_size, shift, optimizer, weight_decay, label_smoothing, schedule`.
+    `batch_size` and `shift` are `data.loaders` options; the rest are `fit` options."""
+    from torchshrink.errors import did_you_mean
+
+    if model_name not in _RECIPES:
+        raise ConfigError(f"no default training recipe for model {model_name!r}." + did_you_mean(model_name, _RECIPES))
+    return dict(_RECIPES[model_name])
+
+
+def fit_recipe(model: nn.Module, splits: Any, recipe: dict[str, Any], **overrides: Any) -> FitResult:
+    """Build the loaders for `splits` (a `data.Splits`) and train with `recipe` (from
+    `default_recipe`); `overrides` replace recipe keys or add other `fit` options."""
+    from torchshrink import data
+
+    opts = {**recipe, **overrides}
+    loader_kw = {k: opts.pop(k) for k in _LOADER_KEYS if k in opts}
+    seed = opts.get("seed", 0)
+    train_loader, val_loader, _ = data.loaders(splits, seed=0 if seed is None else seed, **loader_kw)
+    return fit(model, train_loader, val=val_loader if len(splits.val) else None, **opts)
 
 
 def _labeled(loader: Iterable[Any]) -> bool:
