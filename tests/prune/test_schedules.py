@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 import torchshrink as ts
-from torchshrink.prune import GradualPruning, SparsityRegularization, iterative_pruning, polynomial_sparsity
+from torchshrink.prune import (
+    GradualPruning,
+    SparsityRegularization,
+    iterative_pruning,
+    polynomial_sparsity,
+)
 from torchshrink.prune.regularization import group_lasso_penalty
 
 

@@ -101,6 +101,7 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.ignore = list(ignore)
         self.stack: list[str] = []
+        self.failed_in: str | None = None  # innermost module whose forward raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if any(matches(qualname, p) for p in self.ignore):
@@ -113,6 +114,10 @@ class _Tracer(fx.Tracer):
         self.stack.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = self.stack[-1]
+            raise
         finally:
             self.stack.pop()
 
@@ -133,7 +138,7 @@ def trace(model: nn.Module, ignore: Sequence[str] = ()) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, ... for dynamic code
         where = _user_frame(sys.exc_info()[2])
-        inside = tracer.stack[-1] if tracer.stack else ""
+        inside = tracer.failed_in or ""
         mod = model.get_submodule(inside) if inside else model
         hint = (f"add ignore=[{inside!r}] to keep that module's channels unchanged (it is then treated as an "
                 "opaque leaf and pruning works around it)") if inside else (
