@@ -1,0 +1,286 @@
+"""Recipes: a strict YAML list of stages, each a registered method config plus an optional
+fine-tune, and `compress()`, the runner that only loops over them.
+
+    name: deep_compression_lenet300
+    stages:
+      - method: magnitude_pruning
+        per_layer: {fc1: 0.96, fc2: 0.91, fc3: 0.74}
+        finetune: {epochs: 8, lr: 0.001}
+      - method: kmeans_sharing
+        bits: 4
+        finetune: {epochs: 4, lr: 0.0003}
+
+Strict means an unknown key, a wrong type or a missing file is a ConfigError that names the
+key (or path), never a silently ignored line: a typo in a recipe otherwise produces a model
+that was not compressed the way its author believes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from torchshrink.config import Config
+from torchshrink.errors import ConfigError, did_you_mean
+
+__all__ = ["FineTune", "Stage", "Recipe", "StageResult", "CompressResult", "load_recipe", "compress"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FineTune:
+    """Training after a stage (arguments of `torchshrink.train.fit`)."""
+
+    epochs: int = 1
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    max_steps: int | None = None
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self, "finetune")
+        if self.epochs < 1:
+            raise ConfigError(f"finetune.epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"finetune.lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "finetune") -> FineTune:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping like {{epochs: 2, lr: 0.001}}, got {data!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"unknown key {where}.{key!r}; valid keys: {names}.{did_you_mean(str(key), names)}")
+        try:
+            return cls(**dict(data))
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("finetune.", f"{where}.", 1)) from e
+
+    def to_dict(self) -> dict[str, Any]:
+        default = FineTune()
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name) or f.name in ("epochs", "lr")}
+
+
+def _check_types(obj: Any, where: str) -> None:
+    import typing
+
+    from torchshrink.config import _type_ok  # the same structural check configs use
+
+    resolved = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        hint = resolved[f.name]
+        if not _type_ok(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise ConfigError(f"{where}.{f.name} must be {shown}, got {value!r} ({type(value).__name__})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    config: Config
+    finetune: FineTune | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.method_name()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.config.to_dict()
+        if self.finetune is not None:
+            out["finetune"] = self.finetune.to_dict()
+        return out
+
+
+_TOP_KEYS = ("name", "description", "stages")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An ordered list of stages. Build with `load_recipe` or `Recipe.from_dict`."""
+
+    stages: tuple[Stage, ...]
+    name: str = ""
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> Recipe:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be a mapping with a 'stages' list, got {type(data).__name__}")
+        for key in data:
+            if key not in _TOP_KEYS:
+                raise ConfigError(f"unknown key {key!r} in {source}; valid keys: {list(_TOP_KEYS)}."
+                                  f"{did_you_mean(str(key), _TOP_KEYS)}")
+        if "stages" not in data:
+            raise ConfigError(f"{source} needs a 'stages' list (one entry per method)")
+        stages_raw = data["stages"]
+        if not isinstance(stages_raw, list) or not stages_raw:
+            raise ConfigError(f"stages in {source} must be a non-empty list, got {stages_raw!r}")
+        for key in ("name", "description"):
+            if key in data and not isinstance(data[key], str):
+                raise ConfigError(f"{key} in {source} must be a string, got {data[key]!r}")
+        stages = []
+        for i, raw in enumerate(stages_raw):
+            where = f"stages[{i}]"
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{where} in {source} must be a mapping with a 'method' key, got {raw!r}")
+            raw = dict(raw)
+            if "method" not in raw:
+                raise ConfigError(f"{where} in {source} needs a 'method' key naming a registered method")
+            finetune = None
+            if "finetune" in raw:
+                ft = raw.pop("finetune")
+                finetune = None if ft is None else FineTune.from_dict(ft, where=f"{where}.finetune")
+            try:
+                config = Config.from_dict(raw)
+            except ConfigError as e:
+                raise ConfigError(f"{where} in {source}: {e}") from e
+            stages.append(Stage(config, finetune))
+        return cls(tuple(stages), str(data.get("name", "")), str(data.get("description", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        if self.description:
+            out["description"] = self.description
+        out["stages"] = [s.to_dict() for s in self.stages]
+        return out
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_recipe(source: str | os.PathLike[str] | Mapping[str, Any]) -> Recipe:
+    """A Recipe from a YAML file path, a YAML string (containing a newline) or a dict."""
+    if isinstance(source, Mapping):
+        return Recipe.from_dict(source)
+    import yaml
+
+    text: str
+    label: str
+    if isinstance(source, str) and "\n" in source:
+        text, label = source, "recipe"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe "
+                              "(see recipes/deep_compression_lenet300.yaml)")
+        text, label = path.read_text(), str(path)
+    try:
+        data = yaml.safe_load(io.StringIO(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label} is not valid YAML: {e}") from e
+    return Recipe.from_dict(data, source=label)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """Measurements after one stage (after its fine-tune, when it has one)."""
+
+    name: str
+    metric_before_finetune: float | None
+    metric: float | None
+    nonzero_weights: int
+    total_weights: int
+    file_bytes: int
+    seconds: float
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class CompressResult:
+    model: nn.Module
+    baseline_metric: float | None
+    stages: list[StageResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline_metric": self.baseline_metric, "stages": [s.to_dict() for s in self.stages]}
+
+
+def _weight_counts(model: nn.Module) -> tuple[int, int]:
+    from torchshrink.nn import select_layers
+
+    nz = total = 0
+    for _, m in select_layers(model):
+        w = m.weight
+        nz += int((w != 0).sum())
+        total += w.numel()
+    return nz, total
+
+
+def _file_bytes(model: nn.Module) -> int:
+    from torchshrink.codec.container import encode_model
+
+    return len(encode_model(model))
+
+
+def compress(
+    model: nn.Module,
+    recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    train: Iterable[Any] | None = None,
+    val: Iterable[Any] | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    example: Any = None,
+    calibration: Iterable[Any] | None = None,
+    progress: bool = True,
+    measure_file: bool = True,
+    on_stage: Callable[[StageResult, nn.Module], None] | None = None,
+) -> CompressResult:
+    """Run every stage of `recipe` on `model`: apply the method, then fine-tune when the stage
+    asks for it, then measure (metric, nonzero weights, bytes of the artifact it would write).
+
+    train/val: loaders for fine-tuning (train is required when a stage fine-tunes).
+    evaluate: `model -> float`, higher is better (e.g. test accuracy); measured per stage.
+    on_stage: called with each stage's measurements and the model after it (for progress output
+        or extra measurements).
+    """
+    from torchshrink.api import apply
+    from torchshrink.train import fit
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    needs_train = [s.name for s in rec.stages if s.finetune is not None]
+    if needs_train and train is None:
+        raise ConfigError(f"stages {needs_train} fine-tune, so compress() needs train= a loader of (input, target) "
+                          "batches")
+    if calibration is None:
+        calibration = train
+    baseline = float(evaluate(model)) if evaluate is not None else None
+    results: list[StageResult] = []
+    for i, stage in enumerate(rec.stages):
+        t0 = time.perf_counter()
+        model = apply(model, stage.config, example=example, calibration=calibration, train=train, val=val,
+                      evaluate=evaluate, progress=progress)
+        before = float(evaluate(model)) if evaluate is not None and stage.finetune is not None else None
+        if stage.finetune is not None:
+            assert train is not None
+            ft = stage.finetune
+            fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer,
+                weight_decay=ft.weight_decay, schedule=ft.schedule, max_steps=ft.max_steps,
+                warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, progress=progress,
+                desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}")
+        metric = float(evaluate(model)) if evaluate is not None else None
+        nz, total = _weight_counts(model)
+        res = StageResult(stage.name, before, metric, nz, total, _file_bytes(model) if measure_file else 0,
+                          time.perf_counter() - t0, stage.to_dict())
+        results.append(res)
+        if on_stage is not None:
+            on_stage(res, model)
+    return CompressResult(model, baseline, results)
+

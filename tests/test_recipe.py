@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import torchshrink as ts
+from torchshrink.recipe import FineTune, Recipe, compress, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["deep_compression_lenet300.yaml", "deep_compression_lenet5.yaml"])
+def test_shipped_recipes_load_and_round_trip(name: str) -> None:
+    rec = load_recipe(ROOT / "recipes" / name)
+    assert [s.name for s in rec.stages][-1] == "kmeans_sharing"
+    assert all(s.finetune is not None for s in rec.stages)
+    again = load_recipe(rec.to_yaml())
+    assert again == rec
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ts.ConfigError, match="recipe file 'nope.yaml' not found"):
+        load_recipe("nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("stages:\n  - method: kmeans_sharing\n    bitz: 4\n", r"stages\[0\].*unknown key\(s\) \['bitz'\].*Did you mean 'bits'"),
+        ("stages:\n  - method: kmeans_sharing\n    bits: four\n", r"KMeansSharing.bits must be int, got 'four'"),
+        ("stages:\n  - method: kmeans_sharing\n    finetune: {epochs: 2, lrr: 0.1}\n",
+         r"unknown key stages\[0\].finetune.'lrr'.*Did you mean 'lr'"),
+        ("stages:\n  - method: kmeans_sharing\n    finetune: {epochs: two}\n", r"stages\[0\].finetune.epochs must be int"),
+        ("stages:\n  - method: kmeans_shared\n", r"unknown method 'kmeans_shared'.*kmeans_sharing"),
+        ("stage:\n  - method: kmeans_sharing\n", r"unknown key 'stage' in recipe.*Did you mean 'stages'"),
+        ("name: x\nstages: []\n", r"stages in recipe must be a non-empty list"),
+        ("stages:\n  - bits: 4\n", r"stages\[0\] in recipe needs a 'method' key"),
+        ("stages:\n  - method: kmeans_sharing\n    finetune: 3\n", r"stages\[0\].finetune must be a mapping"),
+        ("stages: [\n", r"not valid YAML"),
+    ],
+)
+def test_strict_errors_name_the_key(text: str, words: str) -> None:
+    with pytest.raises(ts.ConfigError, match=words):
+        load_recipe(text)
+
+
+def test_finetune_defaults_and_dict() -> None:
+    ft = FineTune.from_dict({"epochs": 2, "lr": 0.01})
+    assert ft.epochs == 2 and ft.lr == 0.01 and ft.optimizer == "adamw"
+    rec = Recipe.from_dict({"stages": [{"method": "kmeans_sharing", "bits": 3}]})
+    assert rec.stages[0].config == ts.KMeansSharing(bits=3) and rec.stages[0].finetune is None
+
+
+def test_compress_needs_train_for_finetune() -> None:
+    rec = load_recipe({"stages": [{"method": "kmeans_sharing", "finetune": {"epochs": 1}}]})
+    with pytest.raises(ts.ConfigError, match="needs train="):
+        compress(nn.Sequential(nn.Linear(4, 2)), rec)
+
+
+def test_fast_end_to_end_prune_share_code(tmp_path: Path) -> None:
+    """The whole Deep Compression pipeline on a small model and data: train, prune + retrain,
+    share + retrain, save, load back; the file is many times smaller and as accurate."""
+    torch.manual_seed(0)
+    splits = ts.data.load("synthetic")
+    train, val, test = ts.data.loaders(splits, batch_size=64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    ts.fit(model, train, epochs=2, lr=1e-3, progress=False)
+
+    def acc(m: nn.Module) -> float:
+        return ts.evaluate(m, test)["accuracy"]
+
+    base = acc(model)
+    rec = load_recipe({"stages": [
+        {"method": "magnitude_pruning", "per_layer": {"1": 0.9, "3": 0.5}, "finetune": {"epochs": 2, "lr": 1e-3}},
+        {"method": "kmeans_sharing", "bits": 4, "finetune": {"epochs": 1, "lr": 3e-4}},
+    ]})
+    seen = []
+    result = compress(model, rec, train=train, evaluate=acc, progress=False,
+                      on_stage=lambda r, m: seen.append(r.name))
+    assert seen == ["magnitude_pruning", "kmeans_sharing"]
+    assert [s.name for s in result.stages] == seen
+    assert result.stages[0].nonzero_weights < 0.11 * result.stages[0].total_weights
+    assert result.stages[1].file_bytes < result.stages[0].file_bytes
+    path = tmp_path / "m.tsz"
+    ts.save(result.model, path)
+    loaded = ts.load(path, like=nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
+    x = next(iter(test))[0]
+    assert torch.equal(loaded(x), result.model(x))
+    dense = (784 * 32 + 32 + 32 * 10 + 10) * 4
+    assert path.stat().st_size * 15 < dense
+    assert acc(loaded) >= base - 2.0
