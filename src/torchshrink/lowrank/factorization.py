@@ -228,8 +228,9 @@ def _macs_per_rank(m: nn.Module, sh: _Shapes, mode: ConvMode) -> int:
 # Rank rules
 
 
-def _fixed_rank(kind: str, value: float, sp: LayerSpectrum, module: nn.Module) -> int | None:
+def _fixed_rank(kind: str, value: float, sp: LayerSpectrum) -> int | None:
     """The rank a per-layer rule gives, or None where the factor pair would not save."""
+    module = sp.module
     if kind == "rank":
         r = int(value)
         if r > sp.max_rank:
@@ -382,14 +383,14 @@ def apply_svd_factorization(model: nn.Module, config: SvdFactorization, ctx: Con
         pin = resolve_per_layer(sp.name, config.per_layer, None)
         if pin is not None:
             kind, value = _per_layer_spec(pin)
-            ranks[sp.name] = _fixed_rank(kind, value, sp, sp.module)
+            ranks[sp.name] = _fixed_rank(kind, value, sp)
     if config.budget is not None:
         ranks = _budget_ranks(model, config, ctx, spectra, ranks)
     else:
         kind = next(k for k in _KINDS if getattr(config, k) is not None)
         for sp in spectra:
             if sp.name not in ranks:
-                ranks[sp.name] = _fixed_rank(kind, getattr(config, kind), sp, sp.module)
+                ranks[sp.name] = _fixed_rank(kind, getattr(config, kind), sp)
     for sp in spectra:
         r = ranks.get(sp.name)
         if r is not None:

@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 ConvMode = Literal["channel", "spatial"]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+Layer = nn.Linear | nn.Conv2d
 
 
 class FactorizedLinear(nn.Module):
@@ -79,7 +81,8 @@ class FactorizedConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], rank: int, *,
                  mode: ConvMode = "channel", stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-                 dilation: tuple[int, int] = (1, 1), bias: bool = True, padding_mode: str = "zeros") -> None:
+                 dilation: tuple[int, int] = (1, 1), bias: bool = True,
+                 padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.rank, self.mode = in_channels, out_channels, rank, mode
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
@@ -147,7 +150,7 @@ def _conv_padding(m: nn.Conv2d) -> tuple[int, int]:
     return (int(m.padding[0]), int(m.padding[1]))
 
 
-def _matrix(module: nn.Module, mode: ConvMode) -> torch.Tensor:
+def _matrix(module: Layer, mode: ConvMode) -> torch.Tensor:
     """The matrix whose truncated SVD gives the factor pair. Reads `module.weight`, the effective
     value, so a pruning mask or a fake-quant grid on the layer is what gets factorized."""
     w = module.weight.detach()
@@ -165,7 +168,7 @@ class LayerSpectrum:
     """One layer's SVD, kept so that rank selection and surgery factor each layer only once."""
 
     name: str
-    module: nn.Module
+    module: Layer
     u: torch.Tensor  # float64 (rows, k)
     s: torch.Tensor  # float64 (k,), descending
     vh: torch.Tensor  # float64 (k, cols)
@@ -184,6 +187,7 @@ def spectrum(name: str, module: nn.Module, mode: ConvMode = "channel") -> LayerS
     why = supports(module)
     if why is not None:
         raise UnsupportedModelError(f"cannot factorize layer {name!r}: {why}")
+    assert isinstance(module, (nn.Linear, nn.Conv2d))
     m = _matrix(module, mode).to(torch.float64)
     # float64 so the factors are the true truncated SVD to float32 precision after the cast.
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
@@ -196,12 +200,12 @@ def truncated_factors(sp: LayerSpectrum, rank: int) -> tuple[torch.Tensor, torch
     return sp.u[:, :rank] * root, root[:, None] * sp.vh[:rank]
 
 
-def dense_params(module: nn.Module) -> int:
+def dense_params(module: Layer) -> int:
     """Weight elements of the layer as it stands (bias excluded: factorization keeps it)."""
     return int(module.weight.numel())
 
 
-def factor_params_per_rank(module: nn.Module, mode: ConvMode = "channel") -> int:
+def factor_params_per_rank(module: Layer, mode: ConvMode = "channel") -> int:
     """Weight elements the factor pair needs per unit of rank."""
     if isinstance(module, nn.Linear):
         return module.in_features + module.out_features
@@ -209,7 +213,7 @@ def factor_params_per_rank(module: nn.Module, mode: ConvMode = "channel") -> int
     return cin * kh * kw + cout if mode == "channel" else cin * kh + cout * kw
 
 
-def max_saving_rank(module: nn.Module, mode: ConvMode = "channel") -> int:
+def max_saving_rank(module: Layer, mode: ConvMode = "channel") -> int:
     """The largest rank whose factor pair is strictly smaller than the dense weight (0: none)."""
     per = factor_params_per_rank(module, mode)
     return (dense_params(module) - 1) // per
@@ -227,9 +231,10 @@ def factorize_layer(sp: LayerSpectrum, rank: int) -> nn.Module:
         first_w, second_w = b, a
     else:
         cout, cin, kh, kw = module.weight.shape
-        new = FactorizedConv2d(cin, cout, (kh, kw), rank, mode=sp.mode, stride=tuple(module.stride),  # type: ignore[arg-type]
-                               padding=_conv_padding(module), dilation=tuple(module.dilation),  # type: ignore[arg-type]
-                               bias=bias is not None, padding_mode=module.padding_mode)
+        new = FactorizedConv2d(cin, cout, (kh, kw), rank, mode=sp.mode,
+                               stride=(module.stride[0], module.stride[1]), padding=_conv_padding(module),
+                               dilation=(module.dilation[0], module.dilation[1]), bias=bias is not None,
+                               padding_mode=module.padding_mode)
         if sp.mode == "channel":
             first_w = b.reshape(rank, cin, kh, kw)
             second_w = a.reshape(cout, rank, 1, 1)
