@@ -90,3 +90,33 @@ def test_fast_end_to_end_prune_share_code(tmp_path: Path) -> None:
     dense = (784 * 32 + 32 + 32 * 10 + 10) * 4
     assert path.stat().st_size * 15 < dense
     assert acc(loaded) >= base - 2.0
+
+
+def test_cli_compress_writes_file_and_report(tmp_path: Path) -> None:
+    """`torchshrink compress` on tiny data: the report has the agreed keys and its compressed
+    numbers are those of the file read back."""
+    import json
+
+    from torchshrink.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n"
+        "  - method: magnitude_pruning\n    per_layer: {fc1: 0.8, fc2: 0.8, fc3: 0.5}\n"
+        "    finetune: {epochs: 1, lr: 0.001}\n"
+        "  - method: kmeans_sharing\n    bits: 4\n    finetune: {epochs: 1, lr: 0.0003}\n"
+    )
+    out, report = tmp_path / "f.tsz", tmp_path / "r.json"
+    code = main(["compress", "--model", "lenet300", "--data", "digits", "--recipe", str(recipe), "--out", str(out),
+                 "--report", str(report), "--epochs", "2", "--quiet"])
+    assert code == 0
+    rep = json.loads(report.read_text())
+    assert rep["compressed"]["bytes"] == out.stat().st_size
+    assert rep["baseline"]["bytes"] == (64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10) * 4
+    assert rep["ratio"] == pytest.approx(rep["baseline"]["bytes"] / rep["compressed"]["bytes"])
+    assert rep["ratio"] > 8
+    assert rep["compressed"]["bit_exact_reload"] is True
+    assert [r["stage"] for r in rep["stage_table"]] == ["dense fp32", "pruned", "+ shared weights", "+ coding (file)"]
+    assert rep["layers"][0]["layer"] == "fc1" and rep["layers"][0]["kept_percent"] == pytest.approx(20, abs=0.1)
+    assert main(["compress", "--model", "lenet300", "--data", "digits", "--recipe", str(tmp_path / "no.yaml"),
+                 "--out", str(out)]) == 2
