@@ -89,12 +89,12 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 @needs_artifact
 def test_train_then_eval_reproduces_accuracy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "digits.tsz"
-    code, text, _ = run(capsys, "train", "--model", "lenet300", "--data", "digits", "--epochs", "1",
+    code, text, _ = run(capsys, "train", "--model", "lenet300", "--data", "digits", "--epochs", "2",
                         "--out", str(out), "--json", "--quiet")
     assert code == 0
     trained = json.loads(text)
-    # One epoch on digits lands well short of 100%, so exact agreement is a real check.
-    assert 30.0 < trained["accuracy"] < 100.0
+    # Two epochs on digits land well short of 100%, so exact agreement is a real check.
+    assert 20.0 < trained["accuracy"] < 100.0
     assert trained["bytes"] == out.stat().st_size
     code, text, _ = run(capsys, "eval", str(out), "--data", "digits", "--json")
     assert code == 0
