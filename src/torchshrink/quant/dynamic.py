@@ -1,0 +1,148 @@
+"""`DynamicInt8`: int8 weights, activations quantized per batch at run time, executed by
+PyTorch's own int8 CPU kernel (`quantized::linear_dynamic`, fbgemm/x86/onednn).
+
+The int8 weights and scales are plain buffers (they travel in the state_dict and the
+artifact); the kernel's prepacked weight is an opaque object rebuilt from them on first use
+and after every `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchshrink.codec.structure import register_module
+from torchshrink.config import Config
+from torchshrink.nn import params, select_layers, set_module
+from torchshrink.quant.fake import grid_params, group_rows, quantize_codes, shares_values
+from torchshrink.quant.layers import bias_of, weight_of
+from torchshrink.registry import Context, register
+
+__all__ = ["DynamicInt8", "DynamicInt8Linear", "quantize_int8_weight"]
+
+
+def quantize_int8_weight(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes (int8 tensor of w's shape) and scales (out,) or (1,)."""
+    rows = group_rows(w, "channel" if per_channel else "tensor", None)
+    scale, zero = grid_params(rows, 8, True)
+    codes = quantize_codes(rows, scale, zero, 8, True).to(torch.int32) - 128
+    return codes.to(torch.int8).reshape(w.shape), scale.reshape(-1)
+
+
+def qweight(weight_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A torch quantized (qint8) tensor over the stored codes, for the prepack ops."""
+    w = weight_int8.contiguous()
+    with warnings.catch_warnings():  # torch flags quantized tensors as deprecated; the kernels need them
+        warnings.simplefilter("ignore", UserWarning)
+        if scale.numel() == 1:
+            return torch._make_per_tensor_quantized_tensor(w, float(scale), 0)
+        zeros = torch.zeros(scale.numel(), dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(w, scale.double(), zeros, 0)
+
+
+class PackedCache(nn.Module):
+    """Base for modules whose kernel wants an opaque prepacked weight built from buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pack: Any = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._pack = None  # new codes: repack on next call
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self._pack = None
+        return super()._apply(fn, recurse)
+
+
+class DynamicInt8Linear(PackedCache):
+    """Linear with int8 weights run by `quantized::linear_dynamic` (float in, float out)."""
+
+    execution = "int8 kernel (quantized::linear_dynamic)"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, per_channel: bool = True,
+                 reduce_range: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.per_channel, self.reduce_range = per_channel, reduce_range
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, m: nn.Linear, *, per_channel: bool = True, reduce_range: bool = True
+                   ) -> DynamicInt8Linear:
+        q = cls(m.in_features, m.out_features, m.bias is not None, per_channel=per_channel,
+                reduce_range=reduce_range)
+        codes, scale = quantize_int8_weight(weight_of(m), per_channel)
+        q.weight_int8.copy_(codes)
+        q.weight_scale.copy_(scale)
+        b = bias_of(m)
+        if b is not None:
+            q.bias.copy_(b)
+        return q
+
+    def packed(self) -> Any:
+        if self._pack is None:
+            self._pack = torch.ops.quantized.linear_prepack(qweight(self.weight_int8, self.weight_scale),
+                                                            self.bias)
+        return self._pack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        y = torch.ops.quantized.linear_dynamic(x.float(), self.packed(), self.reduce_range)
+        return y if dtype == torch.float32 else y.to(dtype)
+
+    def ts_effective_weights(self) -> dict[str, torch.Tensor]:
+        scale = self.weight_scale.reshape(-1, 1) if self.per_channel else self.weight_scale
+        out = {"weight": self.weight_int8.float() * scale}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"per_channel={self.per_channel}, bias={self.bias is not None}")
+
+
+register_module(
+    DynamicInt8Linear,
+    to_spec=lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None,
+                       "per_channel": m.per_channel, "reduce_range": m.reduce_range},
+    from_spec=lambda s: DynamicInt8Linear(s["in"], s["out"], s["bias"], per_channel=s["per_channel"],
+                                          reduce_range=s["reduce_range"]),
+    name="DynamicInt8Linear",
+)
+
+
+def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> nn.Module:
+    for name, m in select_layers(model, types=(nn.Linear,), targets=config.targets, ignore=config.ignore):
+        # A codebook earlier in the chain: one scale per tensor keeps the shared values shared.
+        per_channel = config.per_channel and not shares_values(params.chain(m))
+        set_module(model, name, DynamicInt8Linear.from_float(m, per_channel=per_channel,
+                                                             reduce_range=config.reduce_range))
+    return model
+
+
+@register(family="quant", handler=apply_dynamic_int8)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DynamicInt8(Config):
+    """Int8 weights (symmetric, per output channel by default) and per-batch int8 activations,
+    on PyTorch's int8 CPU kernel. Applies to Linear layers; no calibration data needed.
+
+    reduce_range: quantize activations to 7 bits, as PyTorch does, so fbgemm's 16-bit
+        accumulation cannot saturate on CPUs without VNNI.
+    """
+
+    targets: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    per_channel: bool = True
+    reduce_range: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()

@@ -1,0 +1,69 @@
+"""What quantized replacement modules share: how the original layer computed (linear or a
+convolution with its stride/padding/...), as JSON data, so one replacement class serves
+Linear, Conv1d and Conv2d and rebuilds from an artifact spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from torchshrink.errors import UnsupportedModelError
+
+__all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "bias_of", "in_width"]
+
+LayerOp = dict[str, Any]
+
+
+def layer_op(name: str, m: nn.Module) -> LayerOp:
+    """The computation of a Linear/Conv1d/Conv2d, minus its tensors."""
+    if isinstance(m, nn.Linear):
+        return {"kind": "linear", "in": m.in_features, "out": m.out_features}
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if m.padding_mode != "zeros":
+            raise UnsupportedModelError(
+                f"layer {name!r} uses padding_mode={m.padding_mode!r}; quantized replacements support "
+                "only zero padding; exclude it with ignore=[...]"
+            )
+        if isinstance(m.padding, str):
+            raise UnsupportedModelError(f"layer {name!r} uses padding={m.padding!r}; use numeric padding "
+                                        "or exclude it with ignore=[...]")
+        return {"kind": "conv1d" if isinstance(m, nn.Conv1d) else "conv2d", "in": m.in_channels,
+                "out": m.out_channels, "kernel": list(m.kernel_size), "stride": list(m.stride),
+                "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
+    raise UnsupportedModelError(f"layer {name!r} is a {type(m).__name__}; only Linear, Conv1d and Conv2d "
+                                "can be quantized here; exclude it with ignore=[...]")
+
+
+def weight_shape(op: LayerOp) -> tuple[int, ...]:
+    if op["kind"] == "linear":
+        return (op["out"], op["in"])
+    return (op["out"], op["in"] // op["groups"], *op["kernel"])
+
+
+def in_width(op: LayerOp) -> int:
+    """Input width of the weight matrix view (out, in): what a quantization group spans."""
+    shape = weight_shape(op)
+    n = 1
+    for s in shape[1:]:
+        n *= s
+    return n
+
+
+def run_op(op: LayerOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if op["kind"] == "linear":
+        return F.linear(x, w, b)
+    fn = F.conv1d if op["kind"] == "conv1d" else F.conv2d
+    return fn(x, w, b, tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"])
+
+
+def weight_of(m: nn.Module) -> torch.Tensor:
+    """The effective weight (through any mask/codebook parametrization chain), detached."""
+    return m.weight.detach().float()
+
+
+def bias_of(m: nn.Module) -> torch.Tensor | None:
+    b = getattr(m, "bias", None)
+    return None if b is None else b.detach().float()

@@ -1,0 +1,180 @@
+"""`WeightOnly(bits=4, group_size=128)`: low-bit weights in real bit-packed storage (int2..int8,
+int3 included), dequantized on the fly for each matmul; activations stay float.
+
+Storage per layer: `packed` (uint8, ceil(n * bits / 8) bytes), one float16 scale per group and,
+for affine grids, one uint8 zero point per group. The effective weight is exactly what
+`FakeQuant` with the same settings computes, so QAT results convert without any change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from torchshrink.codec.structure import register_module
+from torchshrink.config import Config, check
+from torchshrink.nn import params, select_layers, set_module
+from torchshrink.quant.fake import (
+    FakeQuant,
+    Granularity,
+    WeightMethod,
+    check_bits,
+    check_group,
+    dequantize_codes,
+    grid_params,
+    group_rows,
+    num_groups,
+    quantize_codes,
+    shares_values,
+)
+from torchshrink.quant.layers import (
+    LayerOp,
+    bias_of,
+    in_width,
+    layer_op,
+    run_op,
+    weight_of,
+    weight_shape,
+)
+from torchshrink.quant.packing import pack, packed_bytes, unpack
+from torchshrink.registry import Context, register
+
+__all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
+
+
+class WeightOnlyLayer(nn.Module):
+    """A Linear/Conv1d/Conv2d whose weight lives as packed `bits`-bit codes."""
+
+    def __init__(self, op: LayerOp, *, bits: int, symmetric: bool, granularity: Granularity,
+                 group_size: int | None, bias: bool) -> None:
+        super().__init__()
+        self.op = dict(op)
+        self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
+        self.group_size = group_size if granularity == "group" else None
+        self.shape = weight_shape(op)
+        n = math.prod(self.shape)
+        groups = num_groups(self.shape, granularity, self.group_size)
+        self.register_buffer("packed", torch.zeros(packed_bytes(n, bits), dtype=torch.uint8))
+        # Scales as float32: float16 would round the grid away from what QAT trained on.
+        self.register_buffer("scale", torch.ones(groups, 1))
+        self.register_buffer("zero_point", None if symmetric else torch.zeros(groups, 1, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(op["out"]) if bias else None)
+
+    @property
+    def execution(self) -> str:
+        return f"bit-packed int{self.bits} dequant-on-the-fly"
+
+    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        self.packed.copy_(pack(codes, self.bits))
+        self.scale.copy_(scale.reshape(-1, 1))
+        if self.zero_point is not None:
+            self.zero_point.copy_(zero.reshape(-1, 1).to(torch.uint8))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
+        rows = group_rows(codes, self.granularity, self.group_size)
+        zero = torch.zeros_like(self.scale) if self.zero_point is None else self.zero_point.float()
+        w = dequantize_codes(rows, self.scale, zero, self.bits, self.symmetric)
+        return w.reshape(self.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight().to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return run_op(self.op, x, w, b)
+
+    def ts_effective_weights(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.dequantized_weight()}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{self.op['kind']}, shape={self.shape}, bits={self.bits}, symmetric={self.symmetric}, " \
+               f"granularity={self.granularity}{g}"
+
+
+register_module(
+    WeightOnlyLayer,
+    to_spec=lambda m: {"op": m.op, "bits": m.bits, "symmetric": m.symmetric, "granularity": m.granularity,
+                       "group_size": m.group_size, "bias": m.bias is not None},
+    from_spec=lambda s: WeightOnlyLayer(s["op"], bits=s["bits"], symmetric=s["symmetric"],
+                                        granularity=s["granularity"], group_size=s["group_size"], bias=s["bias"]),
+    name="WeightOnlyLayer",
+)
+
+
+def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric: bool = True,
+                               group_size: int | None = None, method: WeightMethod = "minmax"
+                               ) -> WeightOnlyLayer:
+    """Pack one layer. A FakeQuant already on the weight (after QAT) fixes the grid; otherwise
+    the grid comes from `method`. Codebook layers use one grid per tensor (shared values stay
+    shared); pruned zeros map to code `zero_point` and dequantize to exactly 0."""
+    op = layer_op(name, m)
+    chain = params.chain(m)
+    fq = next((p for p in chain if isinstance(p, FakeQuant)), None)
+    if fq is not None:
+        before = params.value_before(m, fq).detach().float()
+        codes, scale, zero = fq.codes(before)
+        q = WeightOnlyLayer(op, bits=fq.bits, symmetric=fq.symmetric, granularity=fq.granularity,
+                            group_size=fq.group_size, bias=m.bias is not None)
+    else:
+        granularity: Granularity = "group" if group_size is not None else "channel"
+        if shares_values(chain):
+            granularity, group_size = "tensor", None
+        if granularity == "group":
+            check_group(name, in_width(op), group_size)
+        w = weight_of(m)
+        rows = group_rows(w, granularity, group_size)
+        scale, zero = grid_params(rows, bits, symmetric, method)
+        codes = quantize_codes(rows, scale, zero, bits, symmetric)
+        q = WeightOnlyLayer(op, bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
+                            bias=m.bias is not None)
+    q.set_codes(codes, scale, zero)
+    b = bias_of(m)
+    if b is not None:
+        q.bias.copy_(b)
+    return q
+
+
+def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.Module:
+    layers = select_layers(model, targets=config.targets, ignore=config.ignore)
+    if config.group_size is not None:  # check every layer before changing any
+        for name, m in layers:
+            if not shares_values(params.chain(m)):
+                check_group(name, in_width(layer_op(name, m)), config.group_size)
+    for name, m in layers:
+        set_module(model, name, quantize_layer_weight_only(
+            name, m, bits=config.bits, symmetric=config.symmetric, group_size=config.group_size,
+            method=config.method))
+    return model
+
+
+@register(family="quant", handler=apply_weight_only)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WeightOnly(Config):
+    """Weight-only quantization with bit-packed storage.
+
+    bits: 2..8 (int2, int3, int4 are the usual choices).
+    group_size: values per scale along the input width (must divide every selected layer's
+        input width, in * kh * kw for convolutions); None = one scale per output channel.
+    method: `mse` searches a clipping range per group (better at 2..4 bits), `minmax` uses the
+        full range.
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    method: Literal["minmax", "mse"] = "mse"
+    targets: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bits("bits", self.bits, 2, 8)
+        check(self.group_size is None or self.group_size > 0,
+              f"group_size must be positive or None (per channel), got {self.group_size}")

@@ -1,0 +1,122 @@
+"""Post-training quantization: DynamicInt8, StaticInt8, WeightOnly, Cast on a trained model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import torchshrink as ts
+from torchshrink.quant import DynamicInt8Linear, StaticInt8Layer, WeightOnlyLayer
+from torchshrink.quant.cast import CastLayer
+from torchshrink.quant.fake import sqnr_db
+from torchshrink.quant.packing import packed_bytes
+from torchshrink.train import evaluate
+
+
+def _acc(model: nn.Module, loaders: tuple) -> float:
+    return evaluate(model, loaders[2])["accuracy"]
+
+
+def test_dynamic_int8_runs_int8_kernel_and_keeps_accuracy(trained: nn.Module, synthetic_loaders: tuple) -> None:
+    base = _acc(trained, synthetic_loaders)
+    ref = copy.deepcopy(trained)
+    q = ts.quantize(trained, ts.DynamicInt8())
+    layers = [m for m in q.modules() if isinstance(m, DynamicInt8Linear)]
+    assert len(layers) == 2
+    assert all(m.weight_int8.dtype == torch.int8 and "int8 kernel" in m.execution for m in layers)
+    x = torch.randn(5, 1, 28, 28)
+    y = q(x)
+    assert y.dtype == torch.float32 and y.shape == (5, 10)
+    assert sqnr_db(ref(x), y) > 25
+    assert abs(_acc(q, synthetic_loaders) - base) <= 1.0
+    w = layers[0].ts_effective_weights()["weight"]
+    assert sqnr_db(ref.fc1.weight, w) >= 35
+
+
+def test_static_int8_real_kernels_and_accuracy(trained: nn.Module, synthetic_loaders: tuple) -> None:
+    base = _acc(trained, synthetic_loaders)
+    q = ts.quantize(trained, ts.StaticInt8(observer="percentile", calibration_batches=4),
+                    calibration=synthetic_loaders[0], progress=False)
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, StaticInt8Layer)}
+    assert set(layers) == {"conv", "fc1", "fc2"}
+    assert all(m.real and m.execution.startswith("int8 kernel") for m in layers.values())
+    assert isinstance(q.bn, nn.Identity)  # folded before quantizing
+    assert abs(_acc(q, synthetic_loaders) - base) <= 1.0
+
+
+@pytest.mark.parametrize("observer", ["minmax", "moving_average", "percentile", "mse", "entropy"])
+def test_every_observer_calibrates(observer: str, trained: nn.Module, synthetic_loaders: tuple) -> None:
+    base = _acc(trained, synthetic_loaders)
+    q = ts.quantize(trained, ts.StaticInt8(observer=observer, calibration_batches=2),
+                    calibration=synthetic_loaders[0], progress=False)
+    assert _acc(q, synthetic_loaders) >= base - 2.0
+
+
+def test_static_int16_activations_are_simulated_and_labelled(trained: nn.Module, synthetic_loaders: tuple) -> None:
+    q = ts.quantize(trained, ts.StaticInt8(activation_bits=16, calibration_batches=2),
+                    calibration=synthetic_loaders[0], progress=False)
+    assert q.fc1.execution.startswith("fake-quant (simulated")
+    assert q(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_static_without_calibration_is_an_error(trained: nn.Module) -> None:
+    with pytest.raises(ts.ConfigError, match="StaticInt8 needs calibration data"):
+        ts.quantize(trained, ts.StaticInt8())
+
+
+def test_calibration_batches_of_wrong_shape_are_an_error(trained: nn.Module) -> None:
+    bad = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ts.DataError, match=r"calibration batch 0 has shape \(4, 3, 32, 32\), but the model expects"):
+        ts.quantize(trained, ts.StaticInt8(), calibration=bad, progress=False)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # no input_shape: caught at run time
+    with pytest.raises(ts.DataError, match="does not fit"):
+        ts.quantize(plain, ts.StaticInt8(), calibration=[torch.randn(2, 100)], progress=False)
+
+
+def test_calibration_shows_progress_bar(trained: nn.Module, synthetic_loaders: tuple,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ts.quantize(trained, ts.StaticInt8(calibration_batches=2), calibration=synthetic_loaders[0], progress=True)
+    assert "calibrate StaticInt8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_weight_only_packs_and_matches_fake_quant(bits: int, trained: nn.Module, synthetic_loaders: tuple) -> None:
+    ref = copy.deepcopy(trained)
+    q = ts.quantize(trained, ts.WeightOnly(bits=bits, group_size=None, ignore=("conv",)))
+    fc1 = q.fc1
+    assert isinstance(fc1, WeightOnlyLayer) and fc1.packed.dtype == torch.uint8
+    assert fc1.packed.numel() == packed_bytes(64 * 8 * 14 * 14, bits)
+    assert fc1.execution == f"bit-packed int{bits} dequant-on-the-fly"
+    from torchshrink.quant.fake import FakeQuant
+
+    expected = FakeQuant(tuple(ref.fc1.weight.shape), bits=bits, method="mse")(ref.fc1.weight.detach())
+    assert torch.equal(fc1.ts_effective_weights()["weight"], expected)
+    if bits >= 4:
+        assert abs(_acc(q, synthetic_loaders) - _acc(ref, synthetic_loaders)) <= 3.0
+
+
+def test_weight_only_int4_groupwise_sqnr() -> None:
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(512, 256))
+    w = lin[0].weight.detach().clone()
+    q = ts.quantize(lin, ts.WeightOnly(bits=4, group_size=128))
+    assert sqnr_db(w, q[0].ts_effective_weights()["weight"]) >= 18
+    assert q[0].packed.numel() == 512 * 256 // 2
+
+
+def test_group_size_must_divide_layer_width(trained: nn.Module) -> None:
+    with pytest.raises(ts.ConfigError, match=r"group_size=128 does not divide the input width 1568 of layer 'fc1'"):
+        ts.quantize(trained, ts.WeightOnly(bits=4, group_size=128, targets=("fc*",)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cast_keeps_float32_interface(dtype: str, trained: nn.Module, synthetic_loaders: tuple) -> None:
+    ref = copy.deepcopy(trained)
+    q = ts.quantize(trained, ts.Cast(dtype=dtype))
+    assert isinstance(q.fc1, CastLayer) and q.fc1.weight.dtype == getattr(torch, dtype)
+    x = torch.randn(3, 1, 28, 28)
+    assert q(x).dtype == torch.float32
+    assert sqnr_db(ref(x), q(x)) > 25
