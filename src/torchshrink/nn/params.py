@@ -73,6 +73,17 @@ def value_before(module: nn.Module, stop: nn.Module, tensor_name: str = "weight"
     raise ValueError("parametrization not found on this module")
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before a parametrization is removed.
+
+    `copy.deepcopy` of a parametrized module shares its generated `Parametrized<Type>` class,
+    and removing the last parametrization deletes the class's property, which would silently
+    break every copy (`AttributeError: ... has no attribute 'weight'`)."""
+    cls = module.__class__
+    if parametrize.is_parametrized(module):
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def remove(module: nn.Module, kind: type[nn.Module] | None = None, tensor_name: str = "weight") -> None:
     """Drop parametrizations of `kind` (all when None), keeping the others and the current value
     of the raw tensor. To bake the constrained value in, use `materialize`."""
@@ -81,6 +92,7 @@ def remove(module: nn.Module, kind: type[nn.Module] | None = None, tensor_name: 
         return
     keep = [p for p in ps if kind is not None and not isinstance(p, kind)]
     raw = original(module, tensor_name).detach()
+    _own_class(module)
     parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
     with torch.no_grad():
         getattr(module, tensor_name).copy_(raw)
