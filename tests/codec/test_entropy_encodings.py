@@ -10,9 +10,10 @@ from torchshrink.codec.entropy_encodings import (
     HuffmanEncoding,
     SparseAnsEncoding,
     SparseFixedEncoding,
+    SparseRawEncoding,
 )
 
-ENCODINGS = [AnsEncoding(), HuffmanEncoding(), SparseAnsEncoding(), SparseFixedEncoding()]
+ENCODINGS = [AnsEncoding(), HuffmanEncoding(), SparseAnsEncoding(), SparseFixedEncoding(), SparseRawEncoding()]
 _TWIN = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -38,7 +39,7 @@ def check_all(t: torch.Tensor) -> dict[str, int]:
 
 def test_registered() -> None:
     names = {e.name for e in encodings()}
-    assert {"ans", "huffman", "sparse_ans", "sparse_fixed"} <= names
+    assert {"ans", "huffman", "sparse_ans", "sparse_fixed", "sparse_raw"} <= names
 
 
 DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.float32,
@@ -76,6 +77,16 @@ def test_dense_floats_are_declined() -> None:
     assert all(enc.encode(t, TensorHint()) is None for enc in ENCODINGS)
 
 
+def test_pruned_float_weights_code_sparse() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 784, generator=g)
+    w = torch.where(torch.rand(300, 784, generator=g) < 0.05, w, 0.0)  # +0.0: -0.0 is a value
+    payload, meta = SparseRawEncoding().encode(w, TensorHint())
+    assert bits_equal(SparseRawEncoding().decode(payload, meta, (300, 784), torch.float32), w)
+    nnz = int((w != 0).sum())
+    assert len(payload) < nnz * 4 + nnz * 7 / 8  # fp32 values + under 7 bits per position
+
+
 def test_real_shared_layer_sizes_and_sparse_win() -> None:
     """A pruned + shared LeNet-300 fc1 (8% kept, 5-bit): every coder round-trips and the coded
     size is near the order-0 entropy; structured sparsity (dead input rows) favours gaps."""
@@ -100,7 +111,9 @@ def test_corrupt_payloads_raise_value_error() -> None:
     t = t.to(torch.uint8)
     rng = np.random.default_rng(0)
     for enc in ENCODINGS:
-        payload, meta = enc.encode(t, TensorHint())
+        # sparse_raw's background is the zero bit pattern; here the background is 16
+        t_enc = torch.where(t == 16, 0, t + 1).to(torch.uint8) if enc.name == "sparse_raw" else t
+        payload, meta = enc.encode(t_enc, TensorHint())
         for cut in (0, 1, len(payload) // 3, len(payload) - 1):
             with pytest.raises(ValueError):
                 enc.decode(payload[:cut], meta, (200, 50), torch.uint8)

@@ -32,6 +32,7 @@ __all__ = [
     "HuffmanEncoding",
     "SparseAnsEncoding",
     "SparseFixedEncoding",
+    "SparseRawEncoding",
     "Writer",
     "Reader",
     "symbolize",
@@ -413,7 +414,52 @@ class SparseFixedEncoding:
         return desymbolize(out, alphabet, shape, dtype)
 
 
+class SparseRawEncoding:
+    """Mostly-zero tensors of arbitrary values (a pruned layer's fp32 weights before sharing):
+    escaped relative gaps (ANS) for the positions of the non-zero bit patterns, and their raw
+    little-endian bytes."""
+
+    name = "sparse_raw"
+
+    def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
+        if tensor.numel() == 0 or tensor.element_size() not in _TWIN:
+            return None
+        v = _int_view(tensor)
+        pos = np.flatnonzero(v != 0)
+        if pos.size == 0 or pos.size > v.size // 2:
+            return None
+        cap = sparse.best_cap(pos)
+        gaps = sparse.escaped_gaps(pos, cap)
+        w = Writer().varint(cap).varint(gaps.size)
+        _write_ans(w, gaps, cap + 1)
+        _, np_twin = _TWIN[tensor.element_size()]
+        w.raw(v[pos].astype(np_twin).astype(np.dtype(np_twin).newbyteorder("<")).tobytes())
+        return w.bytes(), {}
+
+    @_guarded
+    def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...],
+               dtype: torch.dtype) -> torch.Tensor:
+        n = _numel(shape)
+        size = torch.empty((), dtype=dtype).element_size()
+        r = Reader(payload)
+        cap = r.varint(1 << 13)
+        if cap < 1:
+            raise ValueError("bad gap cap")
+        count = r.varint(2 * n + 1)
+        pos = sparse.escaped_positions(_read_ans(r, cap + 1, count), cap)
+        if pos.size and (pos[-1] >= n or pos.size > n):
+            raise ValueError("sparse positions run past the tensor")
+        twin, np_twin = _TWIN[size]
+        vals = np.frombuffer(r.raw(pos.size * size), dtype=np.dtype(np_twin).newbyteorder("<"))
+        r.done()
+        out = np.zeros(n, dtype=np_twin)
+        out[pos] = vals
+        t = torch.from_numpy(out).view(twin)
+        return (t.view(dtype) if dtype != twin else t).reshape(shape)
+
+
 register_encoding(AnsEncoding())
 register_encoding(HuffmanEncoding())
 register_encoding(SparseAnsEncoding())
 register_encoding(SparseFixedEncoding())
+register_encoding(SparseRawEncoding())
