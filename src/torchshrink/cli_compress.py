@@ -34,6 +34,12 @@ __all__ = [
 ]
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    w = m.weight
+    assert isinstance(w, torch.Tensor)
+    return w.detach()
+
+
 def dense_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters stored as dense fp32 (the paper's baseline size)."""
     return sum(p.numel() for p in model.parameters()) * 4
@@ -81,12 +87,13 @@ def layer_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     info = read_info(path)
     model = load(path)
     stored = _layer_records(info)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, m in select_layers(model):
-        w = m.weight.detach()
+        w = _weight(m)
         n = w.numel()
         nz = int((w != 0).sum())
-        dense = (n + (m.bias.numel() if getattr(m, "bias", None) is not None else 0)) * 4
+        bias = getattr(m, "bias", None)
+        dense = (n + (bias.numel() if isinstance(bias, torch.Tensor) else 0)) * 4
         cb = params.find(m, Codebook)
         stored_bytes = stored.get(name, 0)
         if cb is not None:
@@ -101,9 +108,9 @@ def layer_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         rows.append({"layer": name, "weights": n, "kept_percent": 100 * nz / max(1, n), "shared_values": shared,
                      "weight_bits": weight_bits, "index_bits": index_bits, "stored_bytes": stored_bytes,
                      "dense_bytes": dense, "share_percent": 100 * stored_bytes / max(1, dense)})
-    total_dense = sum(r["dense_bytes"] for r in rows)
-    total_w = sum(r["weights"] for r in rows)
-    total_nz = sum(r["weights"] * r["kept_percent"] / 100 for r in rows)
+    total_dense = sum(int(r["dense_bytes"]) for r in rows)
+    total_w = sum(int(r["weights"]) for r in rows)
+    total_nz = sum(float(r["weights"]) * float(r["kept_percent"]) / 100 for r in rows)
     rows.append({"layer": "total (file)", "weights": total_w, "kept_percent": 100 * total_nz / max(1, total_w),
                  "shared_values": None, "weight_bits": None, "index_bits": None, "stored_bytes": info.file_bytes,
                  "dense_bytes": total_dense, "share_percent": 100 * info.file_bytes / max(1, total_dense),
@@ -147,7 +154,7 @@ def paper_style_bits(model: nn.Module) -> int:
     for p in model.parameters():
         total += 32 * p.numel()  # start dense; weight layers are corrected below
     for _, m in select_layers(model):
-        w = m.weight.detach()
+        w = _weight(m)
         cb = params.find(m, Codebook)
         total -= 32 * w.numel()
         if cb is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from torchshrink.config import Config
@@ -219,6 +220,7 @@ def _weight_counts(model: nn.Module) -> tuple[int, int]:
     nz = total = 0
     for _, m in select_layers(model):
         w = m.weight
+        assert isinstance(w, torch.Tensor)
         nz += int((w != 0).sum())
         total += w.numel()
     return nz, total

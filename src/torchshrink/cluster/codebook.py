@@ -32,6 +32,8 @@ class Codebook(nn.Module):
     """
 
     execution = "shared weights (codebook gather, dense compute)"
+    codebook: nn.Parameter
+    indices: torch.Tensor
 
     def __init__(self, codebook: torch.Tensor, indices: torch.Tensor) -> None:
         super().__init__()

@@ -38,7 +38,7 @@ def share_weights(module: nn.Module, *, bits: int, init: Literal["linear", "dens
             "(the chain order is mask -> codebook -> fake quant)"
         )
     with torch.no_grad():
-        w = module.weight.detach().clone()
+        w = _weight(module).detach().clone()
     if chain:
         params.remove(module, None, "weight")
         with torch.no_grad():
@@ -55,6 +55,12 @@ def share_weights(module: nn.Module, *, bits: int, init: Literal["linear", "dens
     p = Codebook(torch.from_numpy(centroids).float(), torch.from_numpy(idx).reshape(w.shape))
     params.add(module, p.to(w.device), "weight")
     return p
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w
 
 
 def _is_mask(p: nn.Module) -> bool:

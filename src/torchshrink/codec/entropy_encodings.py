@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 MAX_ALPHABET = 4096
-_TWIN = {1: (torch.uint8, np.uint8), 2: (torch.int16, np.int16), 4: (torch.int32, np.int32),
+_TWIN: dict[int, tuple[torch.dtype, Any]] = {1: (torch.uint8, np.uint8), 2: (torch.int16, np.int16), 4: (torch.int32, np.int32),
          8: (torch.int64, np.int64)}
 
 
