@@ -135,7 +135,7 @@ def sample_batches(example: Any, *, data: Iterable[Any] | None = None, rows: int
     out.append((tuple(t.detach() for t in ex), None))
     g = torch.Generator().manual_seed(seed)
     n = ex[0].shape[0]
-    sizes = [3, 16]
+    sizes = [3, 16] if rows <= 64 else [3, 64]
     while n < rows:
         b = sizes[len(out) % 2] if n + sizes[len(out) % 2] <= rows else max(rows - n, 1)
         out.append((tuple(_like(t, b, g) for t in ex), None))

@@ -46,16 +46,16 @@ def cast_inputs(inputs: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple[t
     return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
 
 
-def prepare(model: nn.Module, *, swap: bool = True) -> Prepared:
-    """An eval-mode copy of `model` with parametrizations baked in and quantized layers in
-    their export forms (when `swap`)."""
+def prepare(model: nn.Module, *, swap: bool = True, upcast: bool = True) -> Prepared:
+    """An eval-mode copy of `model` with parametrizations baked in, half-precision tensors in
+    float32 (when `upcast`) and quantized layers in their export forms (when `swap`)."""
     rules.load()
     m = copy.deepcopy(model).eval()
     params.materialize(m)
     half = is_half(m)
     all_half = half is not None and all(t.dtype in _HALF for t in [*m.parameters(), *m.buffers()]
                                         if t.is_floating_point())
-    if half is not None:
+    if half is not None and upcast:
         m = m.float()
     quantized = False
     swapped: dict[str, str] = {}

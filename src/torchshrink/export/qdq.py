@@ -42,7 +42,7 @@ __all__ = [
     "QDQConv2d",
     "DynamicInt8Linear",
     "PackedWeightLinear",
-    "PackedWeightConv2d",
+    "PackedWeightConv",
     "unpack_stream",
 ]
 
@@ -270,31 +270,44 @@ def quantize_weight_per_channel(w: torch.Tensor, bits: int = 8) -> tuple[torch.T
 # Dynamic int8: activations quantized per batch at run time (uint8, asymmetric), as ONNX's
 # DynamicQuantizeLinear defines it.
 
-def dynamic_quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PyTorch twin of ONNX DynamicQuantizeLinear: range widened to include 0, scale =
-    range / 255, zero point rounded half to even and saturated."""
+def dynamic_quantize_uint8(x: torch.Tensor, levels: int = 255
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PyTorch twin of ONNX DynamicQuantizeLinear (levels=255): range widened to include 0,
+    scale = range / levels, zero point rounded half to even and saturated. levels=127 is
+    PyTorch's reduce_range (7-bit activations)."""
     lo = torch.clamp(x.min(), max=0.0)
     hi = torch.clamp(x.max(), min=0.0)
-    scale = (hi - lo) / 255.0
+    scale = (hi - lo) / levels
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zero = torch.clamp(torch.round(-lo / scale), 0, 255)
-    q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
+    zero = torch.clamp(torch.round(-lo / scale), 0, levels)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, levels)
     return q, scale, zero
 
 
 class _DynamicLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, wq_t: torch.Tensor, ws: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
-        q, s, z = dynamic_quantize_uint8(x)
+                bias: torch.Tensor | None, levels: int) -> torch.Tensor:
+        q, s, z = dynamic_quantize_uint8(x, levels)
         # Integer accumulation is exact in float64 at these sizes.
         acc = torch.matmul((q - z).double(), wq_t.double())
         y = (acc * (s.double() * ws.double())).to(torch.float32)
         return y + bias if bias is not None else y
 
     @staticmethod
-    def symbolic(g: Any, x: Any, wq_t: Any, ws: Any, bias: Any) -> Any:
-        q, s, z = g.op("DynamicQuantizeLinear", x, outputs=3)
+    def symbolic(g: Any, x: Any, wq_t: Any, ws: Any, bias: Any, levels: int) -> Any:
+        if levels == 255:
+            q, s, z = g.op("DynamicQuantizeLinear", x, outputs=3)
+        else:  # reduce_range: the same recipe on a 7-bit grid, spelled out
+            zero_f = _const(g, torch.tensor(0.0))
+            lo = g.op("Min", g.op("ReduceMin", x, keepdims_i=0), zero_f)
+            hi = g.op("Max", g.op("ReduceMax", x, keepdims_i=0), zero_f)
+            s = g.op("Div", g.op("Sub", hi, lo), _const(g, torch.tensor(float(levels))))
+            s = g.op("Where", g.op("Equal", s, zero_f), _const(g, torch.tensor(1.0)), s)
+            zf = g.op("Clip", g.op("Round", g.op("Div", g.op("Neg", lo), s)), zero_f,
+                      _const(g, torch.tensor(float(levels))))
+            z = g.op("Cast", zf, to_i=2)  # uint8
+            q = g.op("QuantizeLinear", x, s, z)
         acc = g.op("MatMulInteger", q, wq_t, z)
         y = g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", s, ws))
         return y if _is_none(bias) else g.op("Add", y, bias)
@@ -304,18 +317,22 @@ class DynamicInt8Linear(nn.Module):
     """int8 symmetric per-output-channel weights; activations quantized per call to uint8.
 
     Exported as DynamicQuantizeLinear -> MatMulInteger -> Mul (-> Add), the pattern ONNX
-    Runtime fuses into DynamicQuantizeMatMul. The weight is stored transposed, (in, out), the
-    layout MatMulInteger reads.
+    Runtime fuses into DynamicQuantizeMatMul; with `reduce_range` (PyTorch's 7-bit activations,
+    kept so the file computes what the PyTorch model does) the quantization step is spelled out
+    and MatMulInteger runs unfused. The weight is stored transposed, (in, out), the layout
+    MatMulInteger reads.
     """
 
-    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                 *, reduce_range: bool = False) -> None:
         super().__init__()
+        self.levels = 127 if reduce_range else 255
         self.register_buffer("weight_q_t", weight_q.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DynamicLinearFn.apply(x, self.weight_q_t, self.weight_scale, self.bias)
+        return _DynamicLinearFn.apply(x, self.weight_q_t, self.weight_scale, self.bias, self.levels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,13 +431,17 @@ class PackedWeightLinear(_PackedWeight):
         return F.linear(x, self.weight(), self.bias)
 
 
-class PackedWeightConv2d(_PackedWeight):
-    def __init__(self, conv: nn.Conv2d, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                 bias: torch.Tensor | None, *, bits: int, group: int) -> None:
-        super().__init__(packed, scale, zero, bits=bits, shape=tuple(conv.weight.shape), group=group)
-        self.stride, self.padding = conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
+class PackedWeightConv(_PackedWeight):
+    """Conv1d/Conv2d over packed weights; `op` is the layer's computation (quant.layers.LayerOp:
+    kind, stride, padding, dilation, groups)."""
+
+    def __init__(self, op: dict[str, Any], packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 bias: torch.Tensor | None, *, bits: int, shape: tuple[int, ...], group: int) -> None:
+        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group)
+        self.conv = F.conv1d if op["kind"] == "conv1d" else F.conv2d
+        self.stride, self.padding = tuple(op["stride"]), tuple(op["padding"])
+        self.dilation, self.groups = tuple(op["dilation"]), int(op["groups"])
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.conv(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -1,0 +1,92 @@
+"""Quantized forms: static int8 as a QDQ graph ORT fuses into integer kernels, dynamic int8 as
+integer matmuls, weight-only low-bit as packed initializers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import optimized_ops
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchshrink as ts
+from torchshrink import models
+from torchshrink.export.qdq import unpack_stream
+from torchshrink.quant.packing import pack
+
+
+def _calibration(shape: tuple[int, ...]) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(64, *shape, generator=g)
+    return DataLoader(TensorDataset(xs, torch.zeros(64, dtype=torch.long)), batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def trained_lenet5() -> tuple[torch.nn.Module, DataLoader, DataLoader]:
+    """LeNet-5 trained for one epoch on the synthetic set: an untrained net's logits are
+    near-tied, so int8 rounding differences between kernels flip its argmax at random."""
+    torch.manual_seed(0)
+    splits = ts.data.load("synthetic")
+    train, _, test = ts.data.loaders(splits, batch_size=64, eval_batch_size=128)
+    model = models.create("lenet5")
+    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
+    return model.eval(), train, test
+
+
+def test_static_int8_is_a_fused_qdq_graph(trained_lenet5: Any, tmp_path: Any) -> None:
+    model, train, test = trained_lenet5
+    q = ts.quantize(model, ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)
+    path = f"{tmp_path}/q.onnx"
+    result = ts.export(q, path, example=models.example_input(model, 4), check_data=test)
+    assert result.form == "quantized" and result.parity is not None
+    assert result.parity.top1_agreement is not None and result.parity.top1_agreement >= 99.0
+    # labelled check data: the same accuracy in ORT as in PyTorch, within 0.2 points
+    assert result.parity.accuracy_reference is not None and result.parity.accuracy_exported is not None
+    assert abs(result.parity.accuracy_reference - result.parity.accuracy_exported) <= 0.2
+    assert result.parity.accuracy_reference > 50
+    assert set(result.swapped.values()) == {"QDQConv2d", "QDQLinear"}
+    inits = {i.name: i.data_type for i in onnx.load(path).graph.initializer}
+    assert inits["conv1.weight_q"] == onnx.TensorProto.INT8  # int8 in the file, not float
+    assert inits["conv1.bias_q"] == onnx.TensorProto.INT32
+    ops = optimized_ops(path, tmp_path)
+    assert ops.count("QLinearConv") == 2, ops  # ORT fused DQ -> Conv -> Q into integer kernels
+    assert "QGemm" in ops or "QLinearMatMul" in ops, ops
+    assert "Conv" not in ops
+
+
+def test_dynamic_int8_runs_integer_matmul(tmp_path: Any) -> None:
+    model = models.create("lenet300")
+    q = ts.quantize(model, ts.DynamicInt8(reduce_range=False))
+    path = f"{tmp_path}/d.onnx"
+    result = ts.export(q, path, example=torch.randn(4, 784))
+    assert result.parity is not None and result.parity.top1_agreement == 100.0
+    # the same integer recipe on both sides: a few output steps at most, not just agreement
+    assert result.parity.relative_error < 2e-2
+    ops = optimized_ops(path, tmp_path)
+    assert ops.count("DynamicQuantizeMatMul") == 3, ops
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_unpack_stream_matches_the_packing(bits: int) -> None:
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2**bits, (1001,), generator=g)
+    assert torch.equal(unpack_stream(pack(codes, bits), bits, 1001), codes.to(torch.int32))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_weight_only_stays_packed_in_the_file(bits: int, tmp_path: Any) -> None:
+    model = models.create("lenet300")
+    q = ts.quantize(model, ts.WeightOnly(bits=bits, group_size=None))
+    path = f"{tmp_path}/w{bits}.onnx"
+    result = ts.export(q, path, example=torch.randn(4, 784))
+    assert result.form == "float" and result.parity is not None
+    assert result.parity.relative_error <= 1e-4  # dequantization is exact: float criteria
+    inits = {i.name: i for i in onnx.load(path).graph.initializer}
+    packed = inits["fc1.packed"]
+    assert packed.data_type == onnx.TensorProto.UINT8
+    assert int(np.prod(packed.dims)) == (784 * 300 * bits + 7) // 8
+    # the whole file is smaller than the float32 weights alone
+    assert result.bytes < 266_610 * 4 * (bits + 2) / 32 + 20_000
