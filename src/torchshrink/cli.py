@@ -533,5 +533,15 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
 # Families add their subcommands below, each in its own section.
 # --- compress (issue 5) ---
 # --- export (issue 8) ---
+from torchshrink.cli_export import cmd_export as _cmd_export  # noqa: E402
+from torchshrink.cli_export import export_args as _export_args  # noqa: E402
+
+command("export", help="write an ONNX (or torch.export .pt2) file and check it against PyTorch",
+        arguments=_export_args)(_cmd_export)
 # --- bench ---
+from torchshrink.cli_export import bench_args as _bench_args  # noqa: E402
+from torchshrink.cli_export import cmd_bench as _cmd_bench  # noqa: E402
+
+command("bench", help="latency in PyTorch and ONNX Runtime, side by side (median and spread)",
+        arguments=_bench_args)(_cmd_bench)
 # --- plan ---
