@@ -118,5 +118,22 @@ def test_cli_compress_writes_file_and_report(tmp_path: Path) -> None:
     assert rep["compressed"]["bit_exact_reload"] is True
     assert [r["stage"] for r in rep["stage_table"]] == ["dense fp32", "pruned", "+ shared weights", "+ coding (file)"]
     assert rep["layers"][0]["layer"] == "fc1" and rep["layers"][0]["kept_percent"] == pytest.approx(20, abs=0.1)
+    assert rep["layers"][-1]["stored_bytes"] == out.stat().st_size
+    assert all(0 < r["weight_bits"] <= 4.5 for r in rep["layers"][:-1])  # 16 shared values, entropy coded
     assert main(["compress", "--model", "lenet300", "--data", "digits", "--recipe", str(tmp_path / "no.yaml"),
                  "--out", str(out)]) == 2
+
+
+def test_paper_style_bits_counts_fixed_width_positions() -> None:
+    from torchshrink.cli_compress import paper_style_bits
+
+    model = nn.Sequential(nn.Linear(16, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight.view(-1)[[0, 5, 63]] = 1.0  # gaps 0, 4, 57
+    # best width: 3-bit gaps need 7 fillers for the gap of 57 -> 10 entries x (3 + 32) = 350 bits;
+    # 6-bit gaps: 3 x 38 = 114 bits
+    assert paper_style_bits(model) == 114
+    ts.cluster(model, ts.KMeansSharing(bits=1))
+    # one distinct value -> one centroid, 1-bit indices: 6-bit gaps: 3 x 7 = 21 bits, + 32-bit codebook
+    assert paper_style_bits(model) == 21 + 32

@@ -153,6 +153,7 @@ def kmeans_1d(x: np.ndarray, k: int, *, algorithm: Algorithm = "lloyd", init: In
     x = np.asarray(x, dtype=np.float64).ravel()
     if x.size == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
+    k = min(k, int(np.unique(x).size))  # never more shared values than distinct weights
     if algorithm == "optimal":
         return optimal_1d(x, k)
     if algorithm == "lloyd":
