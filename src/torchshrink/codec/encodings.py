@@ -79,6 +79,9 @@ class TensorHint:
     num_symbols: the size of the alphabet when known (e.g. codebook size 2**bits).
     bits: the number of meaningful bits per element when known (int4 stored in int8, say).
     extra: anything else a module's `ts_encoding_hint` reported.
+    cache: scratch space shared by all encodings trying the same tensor, so costly analysis
+        (the unique values and their counts, say) is done once: `hint.cache.setdefault(...)`.
+        Key it by what you computed ("symbols"), not by your encoding's name, so others can reuse it.
     """
 
     module: str = ""
@@ -88,12 +91,13 @@ class TensorHint:
     num_symbols: int | None = None
     bits: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def updated(self, fields: dict[str, Any] | None) -> TensorHint:
         """A copy with `fields` applied; unknown names go to `extra`."""
         if not fields:
             return self
-        known = {f.name for f in dataclasses.fields(self)} - {"extra"}
+        known = {f.name for f in dataclasses.fields(self)} - {"extra", "cache"}
         out = dataclasses.replace(self, extra=dict(self.extra))
         for k, v in fields.items():
             if k in known:
