@@ -137,3 +137,15 @@ def test_config_round_trip() -> None:
     cfg = ts.MagnitudePruning(sparsity=0.9, scope="global", per_layer={"fc3": 0.5}, ignore=["fc1"])
     assert ts.Config.from_dict(cfg.to_dict()) == cfg
     assert not parametrize.is_parametrized(nn.Linear(2, 2))
+
+
+def test_removing_masks_from_a_deep_copy_leaves_the_original_working(lenet300: nn.Module) -> None:
+    import copy
+
+    from torchshrink.prune import remove_masks
+
+    ts.prune(lenet300, ts.MagnitudePruning(sparsity=0.5))
+    baked = remove_masks(copy.deepcopy(lenet300))
+    x = torch.randn(2, 784)
+    assert torch.equal(baked(x), lenet300(x))
+    assert not params.is_parametrized(baked.fc1) and params.is_parametrized(lenet300.fc1)

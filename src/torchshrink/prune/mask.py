@@ -30,7 +30,9 @@ class PruningMask(nn.Module):
         self.register_buffer("mask", mask.detach().to(torch.bool).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.mask.to(x.dtype)
+        # where() reads the bool mask directly (no float copy of the mask per forward); its
+        # gradient to `x` is zero at pruned entries, like a multiplication by the mask.
+        return torch.where(self.mask, x, x.new_zeros(()))
 
     def canonical_original(self, original: torch.Tensor) -> torch.Tensor:
         # Storing original*mask instead of the raw tensor changes nothing the chain computes
