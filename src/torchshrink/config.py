@@ -132,6 +132,8 @@ class Config:
             hint = hints.get(f.name, Any)
             if not _type_ok(value, hint):
                 shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+                if get_origin(hint) is Literal:  # name the choices, not the word "Literal"
+                    shown = f"one of {list(get_args(hint))}"
                 raise ConfigError(
                     f"{type(self).__name__}.{f.name} must be {shown}, got {value!r} "
                     f"({type(value).__name__})"
