@@ -241,3 +241,18 @@ def test_channel_config_errors() -> None:
         ts.prune(ts.models.create("lenet300"), ts.ChannelPruning(ignore=["nope"]))
     with pytest.raises(ts.ConfigError, match="needs an example input"):
         ts.prune(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), ts.ChannelPruning())
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "gpt_tiny"])
+def test_artifact_replays_thinner_layers_and_head_count(name: str, tmp_path) -> None:
+    model = ts.models.create(name).eval()
+    ts.prune(model, ts.ChannelPruning(ratio=0.5))
+    path = tmp_path / "m.tsz"
+    ts.save(model, path)
+    back = ts.load(path, like=ts.models.create(name)).eval()
+    x = ts.models.example_input(model, 2)
+    assert torch.equal(back(x), model(x))
+    if name == "gpt_tiny":
+        assert back.blocks[0].attn.n_head == 2
+    else:
+        assert back.stem[0].out_channels == 16

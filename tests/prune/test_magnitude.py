@@ -149,3 +149,12 @@ def test_removing_masks_from_a_deep_copy_leaves_the_original_working(lenet300: n
     x = torch.randn(2, 784)
     assert torch.equal(baked(x), lenet300(x))
     assert not params.is_parametrized(baked.fc1) and params.is_parametrized(lenet300.fc1)
+
+
+def test_artifact_round_trip_keeps_masks(lenet300: nn.Module, tmp_path) -> None:
+    ts.prune(lenet300, ts.MagnitudePruning(sparsity=0.9, scope="global"))
+    ts.save(lenet300, tmp_path / "m.tsz")
+    back = ts.load(tmp_path / "m.tsz", like=ts.models.create("lenet300"))
+    x = torch.randn(3, 784)
+    assert torch.equal(back(x), lenet300(x))
+    assert torch.equal(mask_of(back.fc1), mask_of(lenet300.fc1))

@@ -95,3 +95,20 @@ register_module(
                                                  batch_first=s["batch_first"], dropout=s["dropout"]),
     name="PrunedMultiheadAttention",
 )
+
+
+def _register_gpt_attention() -> None:
+    """gpt_tiny's attention keeps its head count in `n_head`; after head pruning the artifact
+    must replay that count, not only the thinner projections, so the module gets a spec."""
+    from torchshrink.models.gpt import CausalSelfAttention
+
+    register_module(
+        CausalSelfAttention,
+        to_spec=lambda m: {"n_embd": m.q_proj.in_features, "n_head": m.n_head, "head_dim": m.head_dim,
+                           "dropout": m.dropout},
+        from_spec=lambda s: CausalSelfAttention(s["n_embd"], s["n_head"], s["head_dim"], s["dropout"]),
+        name="CausalSelfAttention",
+    )
+
+
+_register_gpt_attention()
