@@ -126,7 +126,7 @@ class FitResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device | str | None = None,
-             amp: bool = False) -> dict[str, float]:
+             amp: bool | Literal["bf16", "fp16"] = False) -> dict[str, float]:
     """Mean loss and top-1 accuracy (percent) over a labeled loader."""
     dev = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -301,7 +301,7 @@ def _shard_loader(loader: Iterable[Any], dd: _Distributed, seed: int | None) -> 
         return loader, loader.sampler
     if loader.batch_size is None:  # a custom batch_sampler: we cannot re-shard it faithfully
         raise ConfigError("distributed fit() needs a DataLoader built with batch_size=, not batch_sampler=")
-    sampler = DistributedSampler(loader.dataset, num_replicas=dd.world_size, rank=dd.rank,  # type: ignore[arg-type]
+    sampler: DistributedSampler[Any] = DistributedSampler(loader.dataset, num_replicas=dd.world_size, rank=dd.rank,
                                  shuffle=isinstance(loader.sampler, RandomSampler), seed=seed or 0,
                                  drop_last=loader.drop_last)
     sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,

@@ -1,6 +1,13 @@
 """Coding: structure specs, tensor encodings (dense now; sparse, Huffman, ANS) and the artifact."""
 
-from torchshrink.codec.container import FORMAT_VERSION, ArtifactInfo, TensorRecord, load, read_info, save
+from torchshrink.codec.container import (
+    FORMAT_VERSION,
+    ArtifactInfo,
+    TensorRecord,
+    load,
+    read_info,
+    save,
+)
 from torchshrink.codec.encodings import Encoding, TensorHint, get_encoding, register_encoding
 
 __all__ = [

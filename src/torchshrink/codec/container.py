@@ -183,7 +183,7 @@ def _canonical_originals(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, m in model.named_modules():
         if not parametrize.is_parametrized(m):
             continue
-        for tensor_name, plist in m.parametrizations.items():  # type: ignore[union-attr]
+        for tensor_name, plist in m.parametrizations.items():
             first = plist[0]
             fn = getattr(first, "canonical_original", None)
             if not callable(fn) or not hasattr(plist, "original"):
@@ -278,7 +278,7 @@ def _structure(model: nn.Module, reference: nn.Module | None
         specs[name] = index[k]
     for name, m in model.named_modules():
         if parametrize.is_parametrized(m) and "parametrizations" not in name.split("."):
-            for tensor_name, plist in m.parametrizations.items():  # type: ignore[union-attr]
+            for tensor_name, plist in m.parametrizations.items():
                 chain = []
                 for p in plist:
                     pc = structure.parametrization_codec(p)
@@ -611,7 +611,7 @@ def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str)
 def _strip_parametrizations(model: nn.Module) -> None:
     for m in list(model.modules()):
         if parametrize.is_parametrized(m):
-            for tensor_name in list(m.parametrizations.keys()):  # type: ignore[union-attr]
+            for tensor_name in list(m.parametrizations.keys()):  # type: ignore[union-attr,operator]
                 try:
                     parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=False)
                 except Exception:
