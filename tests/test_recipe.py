@@ -46,8 +46,10 @@ def test_strict_errors_name_the_key(text: str, words: str) -> None:
 
 
 def test_finetune_defaults_and_dict() -> None:
-    ft = FineTune.from_dict({"epochs": 2, "lr": 0.01})
-    assert ft.epochs == 2 and ft.lr == 0.01 and ft.optimizer == "adamw"
+    ft = FineTune.from_dict({"epochs": 2, "lr": 0.01, "label_smoothing": 0.1})
+    assert ft.epochs == 2 and ft.lr == 0.01 and ft.optimizer == "adamw" and ft.label_smoothing == 0.1
+    with pytest.raises(ts.ConfigError, match=r"finetune.label_smoothing must be in \[0, 1\), got 1.5"):
+        FineTune.from_dict({"label_smoothing": 1.5})
     rec = Recipe.from_dict({"stages": [{"method": "kmeans_sharing", "bits": 3}]})
     assert rec.stages[0].config == ts.KMeansSharing(bits=3) and rec.stages[0].finetune is None
 

@@ -230,8 +230,10 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     base_recipe = cli.train_recipe(model_name or "lenet300")
     if epochs is not None:
         base_recipe["epochs"] = epochs
+    # Fine-tuning sees the same data pipeline (random shifts) as the baseline's training.
     train_loader, val_loader, _ = data.loaders(splits, batch_size=int(base_recipe["batch_size"]),
-                                               eval_batch_size=cli.EVAL_BATCH_SIZE, seed=seed)
+                                               eval_batch_size=cli.EVAL_BATCH_SIZE, seed=seed,
+                                               shift=int(base_recipe.get("shift", 0)))
     test_loader = cli._test_loader(splits)
 
     def accuracy(m: nn.Module) -> float:

@@ -46,9 +46,12 @@ class FineTune:
     max_steps: int | None = None
     warmup_steps: int = 0
     grad_clip: float | None = None
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self, "finetune")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"finetune.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.epochs < 1:
             raise ConfigError(f"finetune.epochs must be >= 1, got {self.epochs}")
         if not self.lr > 0:
@@ -275,7 +278,8 @@ def compress(
             ft = stage.finetune
             fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer,
                 weight_decay=ft.weight_decay, schedule=ft.schedule, max_steps=ft.max_steps,
-                warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, progress=progress,
+                warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, label_smoothing=ft.label_smoothing,
+                progress=progress,
                 desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}")
         metric = float(evaluate(model)) if evaluate is not None else None
         nz, total = _weight_counts(model)
