@@ -545,3 +545,40 @@ def test_every_single_bit_flip_in_the_payload_is_detected(small_artifact: tuple[
         path.write_bytes(bytes(flipped))
         with pytest.raises(ArtifactError, match="checksum"):
             ts.load(path, like=_fresh_like())
+
+
+class _Codes(nn.Module):
+    """A codebook parametrization that describes its index tensor to the encoders."""
+
+    def __init__(self, n: int, k: int) -> None:
+        super().__init__()
+        self.register_buffer("indices", torch.zeros(n, dtype=torch.uint8))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def ts_encoding_hint(self, tensor_name: str) -> dict[str, Any] | None:
+        if tensor_name == "indices":
+            return {"is_index": True, "num_symbols": self.k, "bits": 5, "codebook": "linear"}
+        return {"extra_note": "original"}
+
+
+structure.register_parametrization(_Codes, to_spec=lambda p: {"n": p.indices.numel(), "k": p.k},
+                                   from_spec=lambda s: _Codes(s["n"], s["k"]), name="test.Codes")
+
+
+def test_modules_describe_their_tensors_to_encoders(tmp_path: Path) -> None:
+    spy = _Spy()
+    encodings.register_encoding(spy)
+    try:
+        m = nn.Linear(4, 3)
+        params.add(m, _Codes(12, 32))
+        ts.save(m, tmp_path / "c.tsz")
+    finally:
+        encodings.unregister_encoding("test_spy")
+    h = spy.hints["parametrizations.weight.0.indices"]
+    assert (h.is_index, h.num_symbols, h.bits, h.extra) == (True, 32, 5, {"codebook": "linear"})
+    assert spy.hints["parametrizations.weight.original"].extra == {"extra_note": "original"}
+    back = ts.load(tmp_path / "c.tsz", like=nn.Linear(4, 3))
+    assert isinstance(params.chain(back)[0], _Codes)

@@ -126,11 +126,13 @@ def _hint_for(key: str, tensor: torch.Tensor, modules: Mapping[str, nn.Module]) 
     hint = TensorHint(module=layer, tensor=rel, key=key, is_index=is_int)
     owner_name, _, local = key.rpartition(".")
     owner = modules.get(owner_name)
+    owners: list[Any] = [owner]
     if isinstance(owner, parametrize.ParametrizationList) and local.startswith("original"):
-        owner, local = owner[0], "original"
-    fn = getattr(owner, "ts_encoding_hint", None)
-    if callable(fn):
-        hint = hint.updated(fn(local))
+        owners, local = list(owner), "original"  # every member of the chain may describe it
+    for o in owners:
+        fn = getattr(o, "ts_encoding_hint", None)
+        if callable(fn):
+            hint = hint.updated(fn(local))
     return hint
 
 

@@ -36,7 +36,8 @@ module or parametrization that owns tensors can add its own by defining
 
 returning field values for `TensorHint` (unknown keys land in `hint.extra`). A
 parametrization's own buffers are named relative to it ("indices", "mask"); the tensor
-that the chain parametrizes is named "original".
+that the chain parametrizes is named "original", and every parametrization in the chain is
+asked about it (later ones override earlier ones).
 
 Encodings must be deterministic (same tensor -> same bytes) so artifacts are reproducible.
 """
