@@ -101,7 +101,14 @@ def run_bench(model: nn.Module, example: torch.Tensor, *, runtimes: list[str], b
               rounds: int = 15, threads: int | None = 1) -> dict[str, Any]:
     """Latency of `model` per runtime and batch size, measured side by side."""
     from torchshrink.export import export
-    from torchshrink.export.latency import RUNTIMES, Target, interleaved, ort_target, table, torch_target
+    from torchshrink.export.latency import (
+        RUNTIMES,
+        Target,
+        interleaved,
+        ort_target,
+        table,
+        torch_target,
+    )
 
     for r in runtimes:
         if r not in RUNTIMES:

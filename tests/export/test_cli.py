@@ -1,0 +1,74 @@
+"""`torchshrink export` and `torchshrink bench`, in process."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+import torchshrink as ts
+from torchshrink import models
+from torchshrink.cli import main
+from torchshrink.export.onnx import OrtRunner
+
+
+@pytest.fixture()
+def artifact(tmp_path: Any) -> str:
+    """A small LeNet-300-100 artifact that records its data set (digits, 8x8 inputs)."""
+    torch.manual_seed(0)
+    model = models.create("lenet300", in_features=64)
+    path = f"{tmp_path}/lenet.tsz"
+    ts.save(model, path, metadata={"data": "digits"})
+    return path
+
+
+def test_export_artifact_checks_on_its_data(artifact: str, tmp_path: Any, capsys: Any) -> None:
+    out = f"{tmp_path}/lenet.onnx"
+    assert main(["export", artifact, "--format", "onnx", "--out", out, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == out and report["format"] == "onnx"
+    parity = report["parity"]
+    assert parity["passed"] and parity["relative_error"] <= 1e-4
+    # the artifact's test split was the check data: labels, so accuracy on both sides
+    assert parity["accuracy_reference"] == parity["accuracy_exported"]
+    assert parity["samples"] >= 64
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        want = ts.load(artifact).eval()(x).numpy()
+    assert abs(OrtRunner(out)((x,))[0] - want).max() <= 1e-5
+
+
+def test_export_pt2_from_suffix(artifact: str, tmp_path: Any, capsys: Any) -> None:
+    out = f"{tmp_path}/lenet.pt2"
+    assert main(["export", artifact, "--out", out]) == 0
+    assert "pt2" in capsys.readouterr().out
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(ts.load_pt2(out)(x), ts.load(artifact).eval()(x))
+
+
+def test_export_errors_are_one_line(artifact: str, tmp_path: Any, capsys: Any) -> None:
+    assert main(["export", artifact, "--format", "tflite", "--out", f"{tmp_path}/m.tflite"]) == 2
+    assert "unsupported export format 'tflite'; supported formats: onnx, pt2" in capsys.readouterr().err
+    assert main(["export", artifact, "--out", f"{tmp_path}/missing/m.onnx"]) == 2
+    assert f"output directory '{tmp_path}/missing' does not exist" in capsys.readouterr().err
+
+
+def test_bench_side_by_side(artifact: str, capsys: Any) -> None:
+    code = main(["bench", artifact, "--runtime", "torch,onnxruntime", "--batch", "1,8", "--rounds", "2", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    targets = [r["target"] for r in out["rows"]]
+    assert targets == ["torch b=1", "onnxruntime b=1", "torch b=8", "onnxruntime b=8"]
+    for r in out["rows"]:
+        assert r["runs"] == 2 * 3 and 0 < r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
+    assert out["parity"]["passed"]
+
+
+def test_bench_rejects_unknown_runtime(artifact: str, capsys: Any) -> None:
+    assert main(["bench", artifact, "--runtime", "tensorrt"]) == 2
+    assert "unknown runtime 'tensorrt'; runtimes: torch, onnxruntime" in capsys.readouterr().err
+    assert main(["bench", artifact, "--batch", "0"]) == 2
+    assert "--batch must be positive integers" in capsys.readouterr().err
