@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from torchshrink.cli import main
+from torchshrink.cli import main, run_demo
 
 needs_artifact = pytest.mark.skipif(importlib.util.find_spec("torchshrink.codec.container") is None,
                                     reason="the artifact container (ts.save/ts.load) is not in this checkout")
@@ -145,3 +145,24 @@ def test_cli_trains_lenets_on_mnist5k(capsys: pytest.CaptureFixture[str], tmp_pa
     assert trained["accuracy"] >= floor
     code, text, _ = run(capsys, "eval", str(out), "--data", "mnist5k", "--json")
     assert json.loads(text)["accuracy"] == trained["accuracy"]
+
+
+@needs_artifact
+def test_demo_logic_with_a_tiny_recipe(tmp_path: Path) -> None:
+    """run_demo end to end with 1 training epoch and a one-stage recipe (no fine-tuning)."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\nstages:\n  - method: magnitude_pruning\n    sparsity: 0.9\n")
+    lines: list[str] = []
+    result = run_demo(out_dir=tmp_path / "demo", epochs=1, recipe=str(recipe), progress=False, runs=5,
+                      print_fn=lines.append)
+    before, after = result["before"], result["after"]
+    assert result["compression"] == f"recipe {recipe}"
+    assert before.params == after.params == 266_610
+    assert after.nonzero_params < 0.2 * before.nonzero_params
+    assert after.artifact_bytes < before.artifact_bytes
+    assert 10.0 < after.metric <= 100.0 and before.metric_name == "accuracy"
+    text = "\n".join(lines)
+    for needle in ("fp32 baseline", "compressed", "bytes on disk", "nonzero params", "MACs per sample",
+                   "latency ms (batch 1, 1 thr)", "accuracy"):
+        assert needle in text
+    assert all(Path(f).is_file() for f in result["files"])
