@@ -402,7 +402,9 @@ class _Builder:
             self.channel_input(f"{name}.{proj}", x, True, lin.in_features, f"{name} input")
             self.set_module_map(self.g.module_out, f"{name}.{proj}", head_map, name)
         self.set_module_map(self.g.module_in, f"{name}.out_proj", head_map, name)
-        self.set_module_map(self.g.module_out, f"{name}.out_proj", self.g.new(m.out_proj.out_features), name)
+        out_proj = m.get_submodule("out_proj")
+        assert isinstance(out_proj, nn.Linear)
+        self.set_module_map(self.g.module_out, f"{name}.out_proj", self.g.new(out_proj.out_features), name)
         return _TInfo(self.g.module_out[f"{name}.out_proj"], len(shape) - 1, shape)
 
     def mha(self, node: fx.Node, name: str, m: nn.MultiheadAttention, shape: Any) -> Any:
@@ -523,12 +525,12 @@ class _Builder:
         if name == "t":
             dims = [1, 0]
         elif name == "transpose":
-            a, b = (int(d) % nd for d in node.args[1:3])  # type: ignore[call-overload]
+            a, b = (int(d) % nd for d in node.args[1:3])  # type: ignore[arg-type]
             dims = list(range(nd))
             dims[a], dims[b] = dims[b], dims[a]
         else:
             raw = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
-            dims = [int(d) % nd for d in raw]  # type: ignore[call-overload,union-attr]
+            dims = [int(d) % nd for d in raw]  # type: ignore[arg-type]
         return _TInfo(x.cmap, dims.index(x.cdim), shape)
 
     def reduce(self, node: fx.Node, x: _TInfo, shape: tuple[int, ...], name: str) -> _TInfo:

@@ -50,26 +50,29 @@ def count_macs(model: nn.Module, example: Any) -> int:
 
 
 # -- which tensor slices belong to a module's input/output channels ----------------------------
-def _slices(model: nn.Module, name: str, side: str) -> list[tuple[torch.Tensor, int]]:
+def _slices(model: nn.Module, name: str, side: str) -> list[tuple[Any, int]]:
     """(raw parameter, dim) pairs laid out along the module's `side` ("in"/"out") channels."""
     m = model.get_submodule(name)
-    w = params.original(m, "weight") if hasattr(m, "weight") else None
+    w = params.original(m, "weight") if isinstance(getattr(m, "weight", None), torch.Tensor) else None
+    if w is None and not isinstance(m, nn.MultiheadAttention):
+        return []
+    assert w is not None or isinstance(m, nn.MultiheadAttention)
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if m.groups > 1:  # depthwise: one filter per channel, counted once on the output side
-            return [(w, 0)] if side == "out" else []  # type: ignore[list-item]
+            return [(w, 0)] if side == "out" else []
         if side == "in":
-            return [(w, 1)]  # type: ignore[list-item]
-        return [(w, 0)] + ([(m.bias, 0)] if m.bias is not None else [])  # type: ignore[list-item]
+            return [(w, 1)]
+        return [(w, 0)] + ([(m.bias, 0)] if m.bias is not None else [])
     if isinstance(m, nn.Linear):
         if side == "in":
-            return [(w, 1)]  # type: ignore[list-item]
-        return [(w, 0)] + ([(m.bias, 0)] if m.bias is not None else [])  # type: ignore[list-item]
+            return [(w, 1)]
+        return [(w, 0)] + ([(m.bias, 0)] if m.bias is not None else [])
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
         if side == "in" or w is None:
             return []
         return [(w, 0)] + ([(m.bias, 0)] if getattr(m, "bias", None) is not None else [])
     if isinstance(m, nn.Embedding):
-        return [(w, 1)] if side == "out" else []  # type: ignore[list-item]
+        return [(w, 1)] if side == "out" else []
     if isinstance(m, nn.MultiheadAttention):
         if side == "in":
             return [(m.in_proj_weight, 1)]
@@ -286,7 +289,7 @@ def _rebuild(m: nn.Module, kin: torch.Tensor | None, kout: torch.Tensor | None) 
     _copy_into(new, "bias", nb)
     if nm is not None:
         set_mask(new, nm)
-    new.execution = "physically smaller"  # measurement convention: this layer really shrank
+    object.__setattr__(new, "execution", "physically smaller")  # measurement convention: it really shrank
     new.train(m.training)
     return new
 

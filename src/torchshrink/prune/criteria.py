@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from torchshrink.errors import ConfigError
+from torchshrink.prune.mask import weight_of
 from torchshrink.train import default_loss, unwrap_batch
 
 __all__ = ["Criterion", "CRITERIA", "DATA_CRITERIA", "LABEL_CRITERIA", "weight_scores", "require_data",
@@ -81,7 +82,7 @@ def input_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise ConfigError(f"grouped Conv2d (groups={module.groups}) is not supported by this criterion")
-        cols = F.unfold(x, module.kernel_size, module.dilation,  # type: ignore[arg-type]
+        cols = F.unfold(x, module.kernel_size, module.dilation,
                         module.padding if not isinstance(module.padding, str) else 0, module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     if isinstance(module, nn.Conv1d):
@@ -151,8 +152,8 @@ def collect_grads(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cal
     """Mean gradient and mean squared (per-batch) gradient of the loss w.r.t. each layer's
     effective weight, over labeled calibration batches."""
     dev = _device(model)
-    g_sum = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers}
-    g2_sum = {n: torch.zeros_like(m.weight, dtype=torch.float32) for n, m in layers}
+    g_sum = {n: torch.zeros_like(weight_of(m), dtype=torch.float32) for n, m in layers}
+    g2_sum = {n: torch.zeros_like(weight_of(m), dtype=torch.float32) for n, m in layers}
     count = 0
     was = model.training
     model.eval()  # BatchNorm running stats must not move while we only score
@@ -164,7 +165,7 @@ def collect_grads(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cal
                 raise ConfigError("criterion 'taylor'/'fisher' needs labeled calibration batches (input, target)")
             model.zero_grad(set_to_none=True)
             with parametrize.cached():
-                weights = {n: m.weight for n, m in layers}
+                weights = {n: weight_of(m) for n, m in layers}
                 for w in weights.values():
                     w.retain_grad()
                 loss = default_loss(model, batch)
@@ -195,7 +196,7 @@ def weight_scores(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cri
         raise ConfigError(f"unknown criterion {criterion!r}; choose one of {list(CRITERIA)}")
     require_data(criterion, calibration)
     with torch.no_grad():
-        ws = {n: m.weight.detach().float() for n, m in layers}
+        ws = {n: weight_of(m).detach().float() for n, m in layers}
     if criterion == "l1":
         return {n: w.abs() for n, w in ws.items()}
     if criterion == "l2":

@@ -25,7 +25,7 @@ from torchshrink.prune.criteria import (
     require_data,
     weight_scores,
 )
-from torchshrink.prune.mask import mask_of, set_mask
+from torchshrink.prune.mask import mask_of, set_mask, weight_of
 from torchshrink.prune.obs import obs_prune
 from torchshrink.registry import Context, register
 
@@ -78,7 +78,7 @@ def prune_unstructured(
         for n, m in layers:
             if n in {p for p, _ in pooled}:
                 continue
-            k = round(targets[n] * m.weight.numel())
+            k = round(targets[n] * weight_of(m).numel())
             set_mask(m, lowest_k_mask(scores[n], k, mask_of(m)))
         if pooled:
             flat = torch.cat([_with_old(scores[n], m).reshape(-1) for n, m in pooled])
@@ -86,11 +86,11 @@ def prune_unstructured(
             keep = lowest_k_mask(flat, k)
             start = 0
             for _, m in pooled:
-                size = m.weight.numel()
-                set_mask(m, keep[start:start + size].reshape(m.weight.shape))
+                size = weight_of(m).numel()
+                set_mask(m, keep[start:start + size].reshape(weight_of(m).shape))
                 start += size
     with torch.no_grad():
-        return {n: float((m.weight == 0).float().mean()) for n, m in layers}
+        return {n: float((weight_of(m) == 0).float().mean()) for n, m in layers}
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -115,7 +115,7 @@ def _prune_obs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], target
     for n, m in layers:
         s = stats[n]
         assert s.hessian is not None
-        w = m.weight.detach()
+        w = weight_of(m).detach()
         new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, targets[n], keep=mask_of(m))
         with torch.no_grad():
             params.original(m).copy_(new_w.reshape(w.shape))

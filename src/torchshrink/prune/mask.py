@@ -16,7 +16,15 @@ from torch import nn
 from torchshrink.codec.structure import register_parametrization
 from torchshrink.nn import params
 
-__all__ = ["PruningMask", "mask_of", "set_mask", "remove_masks", "sparsity_of", "pruned_layers"]
+__all__ = ["PruningMask", "mask_of", "set_mask", "remove_masks", "sparsity_of", "pruned_layers", "weight_of"]
+
+
+def weight_of(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor:
+    """`module.<tensor_name>` as a Tensor (the masked value when a mask is attached)."""
+    w = getattr(module, tensor_name)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.{tensor_name} is not a tensor")
+    return w
 
 
 class PruningMask(nn.Module):
@@ -24,6 +32,7 @@ class PruningMask(nn.Module):
 
     # Measurement convention: how the layer really runs (a mask alone saves nothing at runtime).
     execution = "masked only"
+    mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -40,7 +49,7 @@ class PruningMask(nn.Module):
         return original * self.mask.to(original.dtype)
 
     def extra_repr(self) -> str:
-        kept = int(self.mask.sum())
+        kept = int(self.mask.sum().item())
         return f"shape={tuple(self.mask.shape)}, sparsity={1 - kept / max(1, self.mask.numel()):.4f}"
 
 
@@ -117,7 +126,7 @@ def sparsity_of(model_or_module: nn.Module, *, only_pruned: bool = True) -> floa
     zeros = total = 0
     with torch.no_grad():
         for m in mods:
-            w = m.weight
-            zeros += int((w == 0).sum())
+            w = weight_of(m)
+            zeros += int((w == 0).sum().item())
             total += w.numel()
     return zeros / max(1, total)

@@ -23,7 +23,7 @@ from torchshrink.prune.criteria import (
     require_data,
     weight_scores,
 )
-from torchshrink.prune.mask import PruningMask, mask_of, set_mask
+from torchshrink.prune.mask import PruningMask, mask_of, set_mask, weight_of
 from torchshrink.prune.obs import obs_prune
 from torchshrink.registry import Context, register
 
@@ -57,7 +57,7 @@ def accelerate_semi_structured(model: nn.Module) -> list[str]:
     for name, lin in model.named_modules():
         if not isinstance(lin, nn.Linear) or mask_of(lin) is None:
             continue
-        w = lin.weight.detach()
+        w = weight_of(lin).detach()
         if not w.is_cuda or w.dtype not in (torch.float16, torch.bfloat16) or not is_nm(w, 2, 4):
             continue
         if len(params.chain(lin)) != 1:
@@ -68,14 +68,14 @@ def accelerate_semi_structured(model: nn.Module) -> list[str]:
             continue
         params.remove(lin, PruningMask)
         lin.weight = nn.Parameter(sparse, requires_grad=False)
-        lin.execution = "2:4 sparse kernel (semi-structured)"
+        object.__setattr__(lin, "execution", "2:4 sparse kernel (semi-structured)")
         done.append(name)
     return done
 
 def _apply(model: nn.Module, config: NMPruning, ctx: Context) -> nn.Module:
     require_data(config.criterion, ctx.calibration)
     layers = select_layers(model, targets=config.targets, ignore=config.ignore)
-    ok = [(n, mod) for n, mod in layers if mod.weight[0].numel() % config.m == 0
+    ok = [(n, mod) for n, mod in layers if weight_of(mod)[0].numel() % config.m == 0
           and getattr(mod, "groups", 1) == 1]
     if not ok:
         raise ConfigError(
@@ -89,7 +89,7 @@ def _apply(model: nn.Module, config: NMPruning, ctx: Context) -> nn.Module:
         for name, mod in ok:
             s = stats[name]
             assert s.hessian is not None
-            w = mod.weight.detach()
+            w = weight_of(mod).detach()
             new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, 0.0,
                                     nm=(config.n, config.m))
             with torch.no_grad():
@@ -98,7 +98,7 @@ def _apply(model: nn.Module, config: NMPruning, ctx: Context) -> nn.Module:
     else:
         scores = weight_scores(model, ok, config.criterion, ctx.calibration, limit=config.calibration_batches)
         for name, mod in ok:
-            w = mod.weight
+            w = weight_of(mod)
             keep = nm_mask(scores[name].reshape(w.shape[0], -1), config.n, config.m).reshape(w.shape)
             old = mask_of(mod)
             set_mask(mod, keep if old is None else keep & old)

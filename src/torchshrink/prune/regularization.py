@@ -17,13 +17,14 @@ from torch import nn
 
 from torchshrink.errors import ConfigError
 from torchshrink.nn import select_layers
+from torchshrink.prune.mask import weight_of
 from torchshrink.train import Callback, FitState
 
 __all__ = ["SparsityRegularization", "l1_penalty", "group_lasso_penalty"]
 
 
 def l1_penalty(layers: Iterable[nn.Module]) -> torch.Tensor:
-    terms = [m.weight.abs().sum() for m in layers]
+    terms = [weight_of(m).abs().sum() for m in layers]
     return torch.stack(terms).sum()
 
 
@@ -31,7 +32,7 @@ def group_lasso_penalty(layers: Iterable[nn.Module]) -> torch.Tensor:
     """Sum over layers and output channels of sqrt(group size) * ||w_channel||_2."""
     terms = []
     for m in layers:
-        w = m.weight.reshape(m.weight.shape[0], -1)
+        w = weight_of(m).reshape(weight_of(m).shape[0], -1)
         # eps inside the sqrt keeps the gradient finite for channels that reached zero
         terms.append(math.sqrt(w.shape[1]) * (w.pow(2).sum(1) + 1e-12).sqrt().sum())
     return torch.stack(terms).sum()

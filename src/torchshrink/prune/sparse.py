@@ -12,6 +12,7 @@ best of each round, median over rounds) and swaps only where the CSR form is fas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from torch import nn
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_range
 from torchshrink.nn import select_layers, set_module
+from torchshrink.prune.mask import weight_of
 from torchshrink.registry import Context, register
 
 __all__ = ["SparseLinear", "SparseExecution", "time_call"]
@@ -32,6 +34,9 @@ class SparseLinear(nn.Module):
     """y = x W^T + b with W stored as CSR (crow_indices, col_indices, values buffers)."""
 
     execution = "sparse CSR"
+    crow_indices: torch.Tensor
+    col_indices: torch.Tensor
+    values: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True) -> None:
         super().__init__()
@@ -43,7 +48,7 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> SparseLinear:
-        w = lin.weight.detach()  # the masked weight when a PruningMask is attached
+        w = weight_of(lin).detach()  # the masked weight when a PruningMask is attached
         csr = w.to_sparse_csr()
         new = cls(lin.in_features, lin.out_features, int(csr.values().numel()), lin.bias is not None)
         new.crow_indices.copy_(csr.crow_indices())
@@ -113,7 +118,7 @@ def _apply(model: nn.Module, config: SparseExecution, ctx: Context) -> nn.Module
     decisions: dict[str, dict[str, float | str]] = {}
     for name, lin in layers:
         assert isinstance(lin, nn.Linear)
-        w = lin.weight.detach()
+        w = weight_of(lin).detach()
         sparsity = float((w == 0).float().mean())
         if sparsity < config.min_sparsity or w.device.type != "cpu":
             decisions[name] = {"sparsity": sparsity, "execution": "dense (not sparse enough)"
@@ -122,8 +127,8 @@ def _apply(model: nn.Module, config: SparseExecution, ctx: Context) -> nn.Module
         sparse = SparseLinear.from_linear(lin).eval()
         x = torch.randn(config.batch, lin.in_features, dtype=w.dtype)
         dense_w, dense_b = w.clone(), None if lin.bias is None else lin.bias.detach().clone()
-        t = time_call({"dense": lambda x=x, w=dense_w, b=dense_b: torch.nn.functional.linear(x, w, b),
-                       "csr": lambda x=x, s=sparse: s(x)}, rounds=config.rounds)
+        t = time_call({"dense": functools.partial(torch.nn.functional.linear, x, dense_w, dense_b),
+                       "csr": functools.partial(sparse, x)}, rounds=config.rounds)
         speedup = t["dense"] / t["csr"]
         chosen = speedup >= config.min_speedup
         decisions[name] = {"sparsity": sparsity, "dense_s": t["dense"], "csr_s": t["csr"], "speedup": speedup,
