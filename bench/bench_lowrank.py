@@ -49,8 +49,12 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
     return count_macs(model, x[:1])[0]
 
 
+MAX_STEPS: list[int | None] = [None]  # --quick caps every training run at a few steps
+MATCH_ITERS: list[int | None] = [None]  # and the bisections that match peers' sizes
+
+
 def fit(model: nn.Module, train: Any, val: Any, epochs: int, lr: float) -> None:
-    ts.fit(model, train, val=val, epochs=epochs, lr=lr, progress=False, seed=0)
+    ts.fit(model, train, val=val, epochs=epochs, lr=lr, progress=False, seed=0, max_steps=MAX_STEPS[0])
 
 
 def acc(model: nn.Module, loader: Any) -> float:
@@ -96,7 +100,7 @@ def match(build: Callable[[float], nn.Module], size: Callable[[nn.Module], float
           lo: float = 0.01, hi: float = 0.99, iters: int = 12) -> tuple[float, nn.Module]:
     """The largest q in [lo, hi] whose model has size <= target (bisection; size grows with q)."""
     best_q, best = lo, build(lo)
-    for _ in range(iters):
+    for _ in range(min(iters, MATCH_ITERS[0] or iters)):
         mid = (lo + hi) / 2
         m = build(mid)
         if size(m) <= target:
@@ -127,8 +131,16 @@ def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup:
     out = {}
     for k, v in times.items():
         q = statistics.quantiles(v, n=4)
-        out[k] = {"median_ms": statistics.median(v), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(v)}
+        out[k] = {"median_ms": statistics.median(v), "p25_ms": q[0], "p75_ms": q[2], "min_ms": min(v),
+                  "repeats": len(v)}
     return out
+
+
+def load_average() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,29 +245,33 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
 
     # Latency first (weights do not change speed), all models interleaved in one loop.
     xb = ts.models.example_input(base, 32)
+    load_before = load_average()
     lat = latency({"fp32": base, **{k: v for k, (v, _) in variants.items()}}, xb, args.repeats)
-    fp32_ms = lat["fp32"]["median_ms"]
-    print(f"  latency done: fp32 {fp32_ms:.1f} ms", flush=True)
+    load_after = load_average()
+    fp32_ms, fp32_min = lat["fp32"]["median_ms"], lat["fp32"]["min_ms"]
+    print(f"  latency done: fp32 {fp32_ms:.1f} ms (load average {load_before} -> {load_after})", flush=True)
 
     rows, out = [], []
     out.append(["fp32 baseline", f"{m0:,}", "1.00", f"{n0:,}", f"{fp32_ms:.1f}",
-                f"[{lat['fp32']['p25_ms']:.1f}, {lat['fp32']['p75_ms']:.1f}]", "1.00x", "-", f"{base_acc:.2f}", "0.00"])
+                f"[{lat['fp32']['p25_ms']:.1f}, {lat['fp32']['p75_ms']:.1f}]", "1.00x", f"{fp32_min:.1f}", "1.00x",
+                "-", f"{base_acc:.2f}", "0.00"])
     for label, (m, how) in variants.items():
         before = acc(m, test)
         fit(m, train, val, args.ft_epochs_resnet, 5e-4)
         after = acc(m, test)
         mm, n, L = macs(m, x1), count_params(m), lat[label]
         rows.append({"variant": label, "config": how, "macs": mm, "macs_fraction": mm / m0, "params": n,
-                     "latency_b32": L, "speedup": fp32_ms / L["median_ms"], "ranks": chosen_ranks(m),
+                     "latency_b32": L, "speedup": fp32_ms / L["median_ms"],
+                     "speedup_min": fp32_min / L["min_ms"], "ranks": chosen_ranks(m),
                      "test_acc_before_ft": before, "test_acc_after_ft": after, "drop_points": base_acc - after})
         out.append([label, f"{mm:,}", f"{mm / m0:.3f}", f"{n:,}", f"{L['median_ms']:.1f}",
                     f"[{L['p25_ms']:.1f}, {L['p75_ms']:.1f}]", f"{fp32_ms / L['median_ms']:.2f}x",
-                    f"{before:.2f}", f"{after:.2f}", f"{base_acc - after:+.2f}"])
+                    f"{L['min_ms']:.1f}", f"{fp32_min / L['min_ms']:.2f}x", f"{before:.2f}", f"{after:.2f}", f"{base_acc - after:+.2f}"])
         print(f"  {label}: MACs {mm / m0:.3f}, {before:.2f} -> {after:.2f}", flush=True)
     header = ["resnet_small / mnist5k", "MACs/sample", "MAC frac", "params", "ms @ b32 (median)", "IQR ms",
-              "speedup", "test acc no FT", f"test acc FT {args.ft_epochs_resnet} ep", "drop"]
+              "speedup (median)", "ms (min)", "speedup (min)", "test acc no FT", f"test acc FT {args.ft_epochs_resnet} ep", "drop"]
     res = {"baseline_test_acc": base_acc, "baseline_macs": m0, "baseline_params": n0, "fp32_latency_b32": lat["fp32"],
-           "mac_budget": b, "variants": rows}
+           "mac_budget": b, "load_average_during_latency": [load_before, load_after], "variants": rows}
     return res, [table(header, out)]
 
 
@@ -271,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     args.base_epochs_lenet, args.ft_epochs_lenet = (3, 1) if q else (20, 10)
     args.base_epochs_resnet, args.ft_epochs_resnet = (1, 1) if q else (6, 3)
-    args.repeats = 5 if q else 40
+    args.repeats = 5 if q else 60
+    MAX_STEPS[0] = 15 if q else None
+    MATCH_ITERS[0] = 4 if q else None
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     lenet, lenet_tables = lenet300_section(args)
@@ -296,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     print(lenet_tables[1])
     print()
     print(resnet_tables[0])
-    print(f"\nthreads={args.threads}, latency: {args.repeats} interleaved repeats, batch 32, medians; "
+    lavg = resnet["load_average_during_latency"]
+    print(f"\nthreads={args.threads}, latency: {args.repeats} interleaved repeats, batch 32, medians (and minima, "
+          f"the least disturbed run) on {platform.processor() or platform.machine()}, 1-min load average "
+          f"{lavg[0]} -> {lavg[1]} during the latency loop;"
+          f" MACs traced by ts.measure (FlopCounterMode); "
           f"{result['meta']['peer']}; total {result['meta']['seconds']:.0f} s; wrote {args.out}")
     return 0
 
