@@ -170,6 +170,12 @@ def test_metric_and_artifact(tmp_path: object) -> None:
     assert r.compression_ratio == pytest.approx(4 * 266_610 / 1234)
     r2 = ts.measure(model, example=ts.models.example_input(model), latency=False, evaluate=lambda m: 0.75)
     assert (r2.metric, r2.metric_name) == (0.75, "metric")
+
+    def top1(m: nn.Module) -> float:
+        return 12.5
+
+    r3 = ts.measure(model, example=ts.models.example_input(model), latency=False, evaluate=top1)
+    assert (r3.metric, r3.metric_name, r3.to_dict()["top1"]) == (12.5, "top1", 12.5)
     with pytest.raises(ArtifactError, match="cannot read the size of artifact"):
         ts.measure(model, example=ts.models.example_input(model), latency=False, artifact=path.with_name("no"))
 

@@ -59,6 +59,8 @@ def measure(
         inputs). MACs are counted on its first sample; latency runs resize it to each batch
         size. Defaults to `ts.models.example_input(model)` for reference models.
     evaluate: `model -> float` (or a dict with an "accuracy" key, as `ts.evaluate` returns).
+    metric_name: what the metric is called in tables and JSON; default the evaluate function's
+        name (`accuracy`), or "metric" for a lambda.
     threads: intra-op thread count(s) for timing; None keeps torch's current setting. The
         previous setting is restored afterwards.
     artifact: path of the saved file, whose size is reported as `artifact_bytes`.
@@ -102,7 +104,9 @@ def measure(
     by_batch = {s.batch: s for s in runs_out if s.threads == first_threads}
 
     metric: float | None = None
-    name = metric_name or "metric"
+    # A named function says what it measures (`def accuracy(m)`); a lambda does not.
+    fn_name = getattr(evaluate, "__name__", "")
+    name = metric_name or (fn_name if fn_name.isidentifier() and fn_name not in ("evaluate", "<lambda>") else "metric")
     if evaluate is not None:
         value = evaluate(model)
         if isinstance(value, Mapping):
