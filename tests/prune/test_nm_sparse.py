@@ -68,3 +68,16 @@ def test_sparse_execution_swaps_by_measurement(lenet300: nn.Module) -> None:
 def test_time_call_returns_positive() -> None:
     t = time_call({"a": lambda: torch.ones(10).sum()}, rounds=2, inner=2)
     assert t["a"] > 0
+
+
+def test_measure_labels_pruned_layers() -> None:
+    model = ts.models.create("lenet300")
+    ts.prune(model, ts.ChannelPruning(ratio=0.5))  # fc1, fc2 physically smaller
+    ts.prune(model, ts.MagnitudePruning(sparsity=0.97, targets=["fc1"]))
+    ts.prune(model, ts.MagnitudePruning(sparsity=0.5, targets=["fc3"]))
+    ts.prune(model, ts.SparseExecution(min_sparsity=0.9, min_speedup=0.0, rounds=1, targets=["fc1"]))
+    report = ts.measure(model, latency=False)
+    labels = {r.name: r.execution for r in report.layers}
+    assert labels["fc1"] == "sparse CSR"
+    assert labels["fc2"] == "physically smaller"
+    assert labels["fc3"] == "physically smaller + masked only"  # thinner input, then masked
