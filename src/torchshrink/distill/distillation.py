@@ -404,7 +404,7 @@ def with_teacher_cache(teacher: nn.Module, loader: Iterable[Any], *, batch_size:
         )
     cached = cache_teacher_outputs(teacher, loader.dataset, batch_size=batch_size)
     shuffle = isinstance(loader.sampler, RandomSampler)
-    generator = loader.sampler.generator if shuffle else None  # type: ignore[union-attr]
+    generator = loader.sampler.generator if isinstance(loader.sampler, RandomSampler) else None
     return DataLoader(cached, batch_size=loader.batch_size, shuffle=shuffle, generator=generator,
                       drop_last=loader.drop_last, num_workers=loader.num_workers)
 

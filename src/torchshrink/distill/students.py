@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -74,39 +75,40 @@ def fewer_blocks(model: nn.Module, n_blocks: int | None = None, *,
         idx = list(keep)
         if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
             raise ConfigError(f"keep must list distinct block indices in [0, {n}), got {idx}")
-    student = copy.deepcopy(model)
+    student: Any = copy.deepcopy(model)
     setattr(student, blocks_attr, nn.ModuleList([copy.deepcopy(blocks[i]) for i in idx]))
     cfg = getattr(student, "config", None)
-    if dataclasses.is_dataclass(cfg) and hasattr(cfg, "n_layer"):
-        student.config = dataclasses.replace(cfg, n_layer=len(idx))  # type: ignore[arg-type]
-    return student
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) and hasattr(cfg, "n_layer"):
+        student.config = dataclasses.replace(cfg, n_layer=len(idx))
+    return typing.cast(nn.Module, student)
 
 
 def _scale(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
-def _thin_by_construction(model: nn.Module, width: float) -> nn.Module | None:
+def _thin_by_construction(module: nn.Module, width: float) -> nn.Module | None:
     """Reference models whose constructors take widths: a fresh, thinner instance."""
-    if isinstance(model, GPTTiny):
+    model: Any = module  # attribute access on known reference-model layouts
+    if isinstance(module, GPTTiny):
         cfg = model.config
         head_dim = cfg.n_embd // cfg.n_head
         n_head = _scale(cfg.n_head, width)
         return GPTTiny(dataclasses.replace(cfg, n_head=n_head, n_embd=n_head * head_dim))
-    if isinstance(model, ResNetSmall):
+    if isinstance(module, ResNetSmall):
         stem = model.stem[0]
-        outs = [b.conv2.out_channels for b in model.layers]  # type: ignore[union-attr]
+        outs = [b.conv2.out_channels for b in model.layers]
         widths: list[int] = []
         counts: list[int] = []
         for i, (b, w) in enumerate(zip(model.layers, outs)):
-            if i == 0 or b.conv1.stride != (1, 1):  # type: ignore[union-attr]
+            if i == 0 or b.conv1.stride != (1, 1):
                 widths.append(w)
                 counts.append(0)
             counts[-1] += 1
         return ResNetSmall(num_classes=model.fc.out_features, in_channels=stem.in_channels,
                            widths=tuple(_scale(w, width) for w in widths), blocks=tuple(counts))
-    if isinstance(model, MobileNetSmall):
-        plan = tuple((_scale(b.pw.out_channels, width), b.dw.stride[0])  # type: ignore[union-attr]
+    if isinstance(module, MobileNetSmall):
+        plan = tuple((_scale(b.pw.out_channels, width), b.dw.stride[0])
                      for b in model.blocks)
         return MobileNetSmall(num_classes=model.fc.out_features, in_channels=model.stem[0].in_channels,
                               plan=plan, stem=_scale(model.stem[0].out_channels, width))
@@ -128,11 +130,13 @@ def _thin_chain(model: nn.Module, width: float, example: Any) -> nn.Module:
         )
     student = copy.deepcopy(model)
     keep: torch.Tensor | None = None  # input channels the current layer keeps
-    for i, (name, layer) in enumerate(select_layers(student, types=(nn.Linear, nn.Conv2d))):
+    for i, (name, mod) in enumerate(select_layers(student, types=(nn.Linear, nn.Conv2d))):
+        layer: Any = mod
         w = layer.weight.detach()
         in_dim = w.shape[1]
         if keep is not None:
-            prev_out = layers[i - 1][1].weight.shape[0]
+            prev: Any = layers[i - 1][1]
+            prev_out = int(prev.weight.shape[0])
             if in_dim % prev_out:
                 raise UnsupportedModelError(
                     f"thin_copy: {name} takes {in_dim} inputs, not a multiple of the previous layer's "
@@ -147,16 +151,16 @@ def _thin_chain(model: nn.Module, width: float, example: Any) -> nn.Module:
         w = w[rows]
         bias = layer.bias.detach()[rows] if layer.bias is not None else None
         if isinstance(layer, nn.Linear):
-            new: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+            new: Any = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
         else:
-            new = nn.Conv2d(w.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding,  # type: ignore[arg-type]
-                            layer.dilation, 1, bias is not None, layer.padding_mode)  # type: ignore[arg-type]
+            new = nn.Conv2d(w.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, 1, bias is not None, layer.padding_mode)
             if layer.groups != 1:
                 raise UnsupportedModelError(f"thin_copy: grouped conv {name} needs channel pruning's dependency graph")
         with torch.no_grad():
             new.weight.copy_(w)
             if bias is not None:
-                new.bias.copy_(bias)  # type: ignore[union-attr]
+                new.bias.copy_(bias)
         set_module(student, name, new)
         keep = rows
     if example is not None:
