@@ -134,6 +134,9 @@ def main() -> int:
                          "mnist5k recipes take)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "deep_compression.json"))
     ap.add_argument("--keep-files", default=None, help="directory to keep the .tsz files in")
+    ap.add_argument("--baselines", default=None,
+                    help="directory of trained baselines named MODEL_DATA.tsz (from `torchshrink train`); "
+                         "used instead of training when present")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -156,8 +159,10 @@ def main() -> int:
             recipe = _short_recipe(recipe_path, args.fashion_finetune_epochs)
         out = keep / f"{model}_{data_name}.tsz"
         print(f"\n=== {model} on {data_name} ===", flush=True)
+        ckpt = Path(args.baselines) / f"{model}_{data_name}.tsz" if args.baselines else None
         rep = run_compress(model_name=model, data_name=data_name, recipe=recipe, out=str(out), epochs=epochs,
-                           progress=False)
+                           checkpoint=str(ckpt) if ckpt is not None and ckpt.is_file() else None, progress=False)
+        rep["model"] = model
         rep["coders"] = coder_rows(out)
         rep["recipe"] = str(recipe_path)
         results.append(rep)

@@ -223,6 +223,7 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     from torchshrink.train import evaluate, fit, seed_everything
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()  # CPU seconds: the honest cost on a shared, overloaded machine
     rec = load_recipe(recipe)  # fail on a bad recipe before any training
     if data_name not in data.names():
         raise ConfigError(f"unknown data set {data_name!r}; choices: {', '.join(data.names())}")
@@ -299,6 +300,7 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
         "ratio": base_bytes / comp_bytes,
         "accuracy_drop": base_acc - comp_acc,
         "stages": stage_info, "stage_table": rows, "layers": layers, "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu0, "threads": torch.get_num_threads(),
         "test_samples": len(splits.test),
     }
     print_fn("")
@@ -306,7 +308,8 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     print_fn("")
     print_fn(layer_table(out, layers))
     print_fn(f"\n{model_name or checkpoint} on {data_name}: {base_acc:.2f}% -> {comp_acc:.2f}% (file read back), "
-             f"{base_bytes:,} -> {comp_bytes:,} bytes = {base_bytes / comp_bytes:.1f}x in {seconds:.0f} s")
+             f"{base_bytes:,} -> {comp_bytes:,} bytes = {base_bytes / comp_bytes:.1f}x in {seconds:.0f} s "
+             f"({time.process_time() - cpu0:.0f} CPU s on {torch.get_num_threads()} threads)")
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(json.dumps(out_report, indent=2))
