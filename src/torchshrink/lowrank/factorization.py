@@ -141,6 +141,12 @@ class SvdFactorization(Config):
         if not given and not budgets:
             object.__setattr__(self, "energy", 0.95)
 
+    @classmethod
+    def example(cls) -> SvdFactorization:
+        """A typical instance that factorizes every eligible layer even of an untrained model
+        (whose flat spectra make energy=0.95 keep nearly full rank, i.e. change nothing)."""
+        return cls(budget_params=0.5)
+
     @property
     def budget(self) -> tuple[Literal["params", "macs"], int | float] | None:
         if self.budget_params is not None:
