@@ -198,7 +198,15 @@ def _canonical_originals(model: nn.Module) -> dict[str, torch.Tensor]:
                         f"{type(first).__name__}.canonical_original on {name}.{tensor_name} must return a "
                         f"tensor of shape {list(raw.shape)} and dtype {raw.dtype}"
                     )
-                same = _bits_equal(_chain_value(plist, canon), _chain_value(plist, raw))
+                # Eval mode: a fake-quant observer later in the chain must not learn from
+                # the probe. The model's own mode is restored right after.
+                modes = [(mod, mod.training) for mod in plist.modules()]
+                plist.eval()
+                try:
+                    same = _bits_equal(_chain_value(plist, canon), _chain_value(plist, raw))
+                finally:
+                    for mod, mode in modes:
+                        mod.training = mode
             if not same:
                 warnings.warn(
                     f"{type(first).__name__}.canonical_original changes the value of {name}.{tensor_name}; "
