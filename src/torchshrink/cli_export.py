@@ -65,7 +65,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"unsupported export format {fmt!r}; supported formats: {', '.join(FORMATS)}."
                           + did_you_mean(fmt, FORMATS))
     model, example, loader = _target(args.target, args.data, args.batch)
-    result = export(model, args.out, example=example, format=fmt, check_data=loader, opset=args.opset)
+    result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
+                    opset=args.opset)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

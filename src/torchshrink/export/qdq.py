@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,7 @@ class QuantDequant(nn.Module):
         signed = zero_point < 0 if signed is None else signed
         self.qmin, self.qmax = (-128, 127) if signed else (0, 255)
         dtype = torch.int8 if signed else torch.uint8
+        self.scale_value = float(scale)
         self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor(int(zero_point), dtype=dtype))
 
@@ -180,8 +182,9 @@ class QDQLinear(nn.Module):
         self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
         self.input_qdq = input_qdq
         self.output_qdq = output_qdq
-        in_scale = float(input_qdq.scale) if input_qdq is not None else None
-        bias_q = _bias_int32(bias, in_scale, self.weight_scale) if bias is not None and in_scale else None
+        in_scale = input_qdq.scale_value if input_qdq is not None else None
+        bias_q = _bias_int32(bias, in_scale, weight_scale.reshape(-1).float()) if bias is not None and in_scale \
+            else None
         self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(bias.detach().float(),
                                                                                          requires_grad=False)
         self.register_buffer("bias_q", bias_q[0] if bias_q else None)
@@ -239,8 +242,9 @@ class QDQConv2d(nn.Module):
         self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
         self.input_qdq = input_qdq
         self.output_qdq = output_qdq
-        in_scale = float(input_qdq.scale) if input_qdq is not None else None
-        bias_q = _bias_int32(bias, in_scale, self.weight_scale) if bias is not None and in_scale else None
+        in_scale = input_qdq.scale_value if input_qdq is not None else None
+        bias_q = _bias_int32(bias, in_scale, weight_scale.reshape(-1).float()) if bias is not None and in_scale \
+            else None
         self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(
             bias.detach().float().reshape(1, -1, 1, 1), requires_grad=False)
         self.register_buffer("bias_q", bias_q[0] if bias_q else None)
@@ -428,7 +432,7 @@ class PackedWeightLinear(_PackedWeight):
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight(), self.bias)
+        return F.linear(x, self.weight(), typing.cast("torch.Tensor | None", self.bias))
 
 
 class PackedWeightConv(_PackedWeight):
@@ -444,4 +448,5 @@ class PackedWeightConv(_PackedWeight):
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        bias = typing.cast("torch.Tensor | None", self.bias)
+        return self.conv(x, self.weight(), bias, self.stride, self.padding, self.dilation, self.groups)

@@ -55,16 +55,17 @@ def load() -> None:
 
 def _conv_like(op: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     """A standard float layer computing `op` (a quant.layers.LayerOp) with the given tensors."""
+    m: nn.Linear | nn.Conv1d | nn.Conv2d
     if op["kind"] == "linear":
-        m: nn.Module = nn.Linear(op["in"], op["out"], bias=bias is not None)
+        m = nn.Linear(op["in"], op["out"], bias=bias is not None)
     else:
         cls = nn.Conv1d if op["kind"] == "conv1d" else nn.Conv2d
         m = cls(op["in"], op["out"], tuple(op["kernel"]), tuple(op["stride"]), tuple(op["padding"]),
                 tuple(op["dilation"]), op["groups"], bias=bias is not None)
     with torch.no_grad():
         m.weight.copy_(weight)
-        if bias is not None:
-            m.bias.copy_(bias)  # type: ignore[union-attr]
+        if bias is not None and m.bias is not None:
+            m.bias.copy_(bias)
     return m
 
 
