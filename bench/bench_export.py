@@ -160,26 +160,19 @@ def deep_compression_lenet300(quick: bool, tmp: str) -> dict[str, Any]:
             "parity": result.parity.to_dict() if result.parity else None}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: fewer epochs and timing rounds")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.json"))
-    args = ap.parse_args()
-    import onnxruntime
+def _latency_table(rows: list[dict[str, Any]]) -> str:
+    import dataclasses
 
-    with tempfile.TemporaryDirectory() as tmp:
-        s8 = static_int8_resnet(args.quick, tmp)
-        dc = deep_compression_lenet300(args.quick, tmp)
-    out = {"quick": args.quick, "machine": {"cpu": platform.processor() or platform.machine(),
-                                            "cores": os.cpu_count(), "torch": torch.__version__,
-                                            "onnxruntime": onnxruntime.__version__},
-           "static_int8_resnet_small": {k: v for k, v in s8.items() if k != "latency_table"},
-           "deep_compression_lenet300": dc}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    from torchshrink.measure.latency import LatencyStats
 
+    names = {f.name for f in dataclasses.fields(LatencyStats)}
+    return table([(r["target"], LatencyStats(**{k: v for k, v in r.items() if k in names})) for r in rows])
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    s8, dc = out["static_int8_resnet_small"], out["deep_compression_lenet300"]
     print("== static int8 resnet_small (mnist5k), 1 thread per runtime, interleaved rounds ==")
-    print(s8["latency_table"])
+    print(_latency_table(s8["latency"]))
     print()
     print(f"{'accuracy on mnist5k test (1000)':<42} {'%':>7}")
     for k, v in s8["accuracy"].items():
@@ -198,6 +191,31 @@ def main() -> int:
     print(f"{'lenet300_dc.tsz':<28} {dc['tsz_bytes']:>10,} {'PyTorch':>12} {dc['accuracy_tsz_pytorch']:>16.2f}")
     print(f"{'lenet300_dc.onnx':<28} {dc['onnx_bytes']:>10,} {'ONNX Runtime':>12} {dc['accuracy_onnx_onnxruntime']:>16.2f}")
     print(f"same accuracy: {'YES' if dc['same_accuracy'] else 'NO'} ({dc['test_samples']} test images)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: fewer epochs and timing rounds")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.json"))
+    ap.add_argument("--show", action="store_true", help="print the tables of an existing --out file and exit")
+    args = ap.parse_args()
+    if args.show:
+        print_tables(json.loads(Path(args.out).read_text()))
+        return 0
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        s8 = static_int8_resnet(args.quick, tmp)
+        dc = deep_compression_lenet300(args.quick, tmp)
+    out = {"quick": args.quick, "machine": {"cpu": platform.processor() or platform.machine(),
+                                            "cores": os.cpu_count(), "torch": torch.__version__,
+                                            "onnxruntime": onnxruntime.__version__},
+           "static_int8_resnet_small": {k: v for k, v in s8.items() if k != "latency_table"},
+           "deep_compression_lenet300": dc}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+    print_tables(out)
     print(f"\nwrote {args.out}")
     return 0
 
