@@ -46,3 +46,9 @@ def _trained(synthetic_loaders: tuple) -> nn.Module:
 def trained(_trained: nn.Module) -> nn.Module:
     """A fresh copy per test (quantization works in place)."""
     return copy.deepcopy(_trained)
+
+
+@pytest.fixture()
+def skeleton() -> nn.Module:
+    """An untrained SmallNet for ts.load(like=...)."""
+    return SmallNet()

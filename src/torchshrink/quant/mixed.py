@@ -91,6 +91,23 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
         if config.group_size is not None and not shares_values(params.chain(m)):
             check_group(name, in_width(layer_op(name, m)), config.group_size)
     cands = sorted(set(config.candidates))
+    per: Literal["bits", "bytes"] = "bytes" if config.budget_bytes is not None else "bits"
+    sizes = {name: (m.weight.numel(), m.weight.shape[0] if not config.group_size
+                    else m.weight.numel() // config.group_size) for name, m in layers}
+    total_n = sum(n for n, _ in sizes.values())
+    budget = float(config.budget_bytes) if per == "bytes" else float(config.budget_bits or 0) * total_n
+
+    def cost(choice: dict[str, int]) -> float:
+        return sum(_cost_bits(*sizes[n], choice[n], per) for n in choice)
+
+    choice = {name: cands[-1] for name, _ in layers}
+    floor = {name: cands[0] for name, _ in layers}
+    if cost(floor) > budget + 1e-9:
+        given = f"budget_bytes={config.budget_bytes}" if per == "bytes" else f"budget_bits={config.budget_bits}"
+        raise ConfigError(
+            f"{given} is below what the narrowest candidate ({cands[0]} bits) reaches "
+            f"({cost(floor):.0f} {per}); raise the budget or add a smaller candidate"
+        )
     was_training = model.training
     model.eval()
     loss = _loss_fn(model, batches)
@@ -103,10 +120,12 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
         delta[name], err[name] = {}, {}
         g, gs = (("tensor", None) if shares_values(params.chain(m)) else (granularity, config.group_size))
         for b in cands:
-            fq = FakeQuant(tuple(m.weight.shape), bits=b, symmetric=config.symmetric, granularity=g,
-                           group_size=gs, method=config.method)
             with torch.no_grad():
                 w = m.weight.detach()
+                # The grid is fixed from w once (lsq=True holds it as a tensor), so the loss
+                # passes below do not repeat the clipping search on every forward.
+                fq = FakeQuant(tuple(w.shape), bits=b, symmetric=config.symmetric, granularity=g,
+                               group_size=gs, method=config.method, lsq=True, init=w)
                 err[name][b] = float((fq(w) - w).pow(2).sum())
                 params.add(m, fq)
                 delta[name][b] = float(loss()) - base
@@ -130,23 +149,6 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
             running = max(running, raw[b])
             raw[b] = running
         sens[name] = raw
-    per: Literal["bits", "bytes"] = "bytes" if config.budget_bytes is not None else "bits"
-    sizes = {name: (m.weight.numel(), m.weight.shape[0] if not config.group_size
-                    else m.weight.numel() // config.group_size) for name, m in layers}
-    total_n = sum(n for n, _ in sizes.values())
-    budget = float(config.budget_bytes) if per == "bytes" else float(config.budget_bits or 0) * total_n
-
-    def cost(choice: dict[str, int]) -> float:
-        return sum(_cost_bits(*sizes[n], choice[n], per) for n in choice)
-
-    choice = {name: cands[-1] for name, _ in layers}
-    floor = {name: cands[0] for name, _ in layers}
-    if cost(floor) > budget + 1e-9:
-        given = f"budget_bytes={config.budget_bytes}" if per == "bytes" else f"budget_bits={config.budget_bits}"
-        raise ConfigError(
-            f"{given} is below what the narrowest candidate ({cands[0]} bits) reaches "
-            f"({cost(floor):.0f} {per}); raise the budget or add a smaller candidate"
-        )
     while cost(choice) > budget + 1e-9:
         best: tuple[float, str, int] | None = None
         for name in choice:

@@ -158,6 +158,9 @@ class EntropyObserver(HistogramObserver):
         half = self.bins // 2
         # KL on magnitudes: fold the symmetric histogram onto [0, R].
         mag = self.hist[half:] + self.hist[:half].flip(0)
+        # Exact zeros (ReLU outputs, padding) sit on the grid whatever the threshold; their
+        # spike would otherwise dominate the divergence and pull the threshold far in.
+        mag[0] = 0.0
         nonneg = self.lo >= 0
         levels = 2**bits if nonneg else 2 ** (bits - 1)
         best, best_i = float("inf"), half

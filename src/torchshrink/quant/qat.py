@@ -8,6 +8,7 @@ into `WeightOnlyLayer`s.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Literal
@@ -65,10 +66,16 @@ class ActQuantized(nn.Module):
 
 
 def _act_spec(m: ActQuantized) -> dict[str, Any]:
-    codec = module_codec(m.layer)
+    inner = m.layer
+    if params.is_parametrized(inner):
+        # parametrize swaps the class for a generated subclass; describe the plain layer (the
+        # artifact re-attaches the chain itself).
+        inner = copy.deepcopy(inner)
+        params.materialize(inner)
+    codec = module_codec(inner)
     if codec is None:
         raise ConfigError(f"cannot describe {type(m.layer).__name__} inside ActQuantized for the artifact")
-    return {"bits": m.bits, "lsq": m.lsq, "inner_type": codec.name, "inner": codec.to_spec(m.layer)}
+    return {"bits": m.bits, "lsq": m.lsq, "inner_type": codec.name, "inner": codec.to_spec(inner)}
 
 
 register_module(
