@@ -71,6 +71,20 @@ def test_non_artifact_file_is_a_clean_error(capsys: pytest.CaptureFixture[str], 
     assert code == 2 and "does not exist" in err
 
 
+@needs_artifact
+def test_truncated_artifact_is_a_clean_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import torchshrink as ts
+
+    good = tmp_path / "good.tsz"
+    ts.save(ts.models.create("lenet300"), good)
+    cut = tmp_path / "cut.tsz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for argv in (("inspect", str(cut)), ("eval", str(cut), "--data", "digits")):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == ""
+        assert err.startswith("error: ") and "truncated" in err and "Traceback" not in err
+
+
 def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
@@ -105,6 +119,10 @@ def test_train_then_eval_reproduces_accuracy(capsys: pytest.CaptureFixture[str],
     # The file records its data set, so --data is optional.
     code, text, _ = run(capsys, "eval", str(out), "--json")
     assert code == 0 and json.loads(text)["accuracy"] == trained["accuracy"]
+
+    # A model trained on 8x8 digits cannot run on 28x28 images: a clear error, not a traceback.
+    code, _, err = run(capsys, "eval", str(out), "--data", "synthetic")
+    assert code == 2 and "cannot run on data set 'synthetic' (inputs of shape (1, 28, 28))" in err
 
     code, text, _ = run(capsys, "inspect", str(out), "--json")
     assert code == 0
