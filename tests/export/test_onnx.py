@@ -122,3 +122,17 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path: object) -> None:
     import os
 
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_shared_weights_stay_packed_indices(tmp_path: object) -> None:
+    model = ts.prune(models.create("lenet300"), ts.MagnitudePruning(sparsity=0.9))
+    model = ts.cluster(model, ts.KMeansSharing(bits=4))
+    dense = ts.export(models.create("lenet300"), f"{tmp_path}/dense.onnx", example=torch.randn(2, 784))
+    result = ts.export(model, f"{tmp_path}/shared.onnx", example=torch.randn(2, 784))
+    assert result.parity is not None and result.parity.relative_error <= 1e-4
+    assert result.swapped == {"fc1": "CodebookLayer", "fc2": "CodebookLayer", "fc3": "CodebookLayer"}
+    inits = {i.name: i for i in onnx.load(result.path).graph.initializer}
+    # 16 centroids + the pruned-zero slot = 17 table entries -> 5-bit indices
+    assert list(inits["fc1.w.table"].dims) == [17]
+    assert int(np.prod(inits["fc1.w.packed"].dims)) == 784 * 300 * 5 // 8
+    assert result.bytes < dense.bytes / 5

@@ -369,6 +369,28 @@ def _period_tables(bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return lo, hi, (start % 8).to(torch.int32)
 
 
+def _unpack_symbolic(g: Any, packed: Any, bits: int, n: int) -> Any:
+    """ONNX ops computing `unpack_stream(packed, bits, n)` as a 1-D int32 tensor."""
+    _, nbytes = _stream_period(bits)
+    lo, hi, shift = _period_tables(bits)
+    total = int(packed.type().sizes()[0])
+    pad = (-total) % nbytes
+    # int32 arithmetic (x * 256, integer Div, Mod) instead of BitShift, which needs unsigned
+    # types the TorchScript exporter cannot declare; ORT folds it all away at load time.
+    data = g.op("Cast", packed, to_i=6)
+    if pad:
+        data = g.op("Pad", data, _const(g, torch.tensor([0, pad], dtype=torch.int64)))
+    data = g.op("Reshape", data, _const(g, torch.tensor([-1, nbytes], dtype=torch.int64)))
+    low = g.op("Gather", data, _const(g, lo.to(torch.int64)), axis_i=1)
+    high = g.op("Gather", data, _const(g, hi.to(torch.int64)), axis_i=1)
+    window = g.op("Add", low, g.op("Mul", high, _const(g, torch.tensor(256, dtype=torch.int32))))
+    window = g.op("Div", window, _const(g, (1 << shift).to(torch.int32)))
+    codes = g.op("Mod", window, _const(g, torch.tensor(1 << bits, dtype=torch.int32)))
+    codes = g.op("Reshape", codes, _const(g, torch.tensor([-1], dtype=torch.int64)))
+    return g.op("Slice", codes, _const(g, torch.tensor([0], dtype=torch.int64)),
+                _const(g, torch.tensor([n], dtype=torch.int64)))
+
+
 class _PackedDequantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
@@ -380,25 +402,7 @@ class _PackedDequantFn(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, packed: Any, scale: Any, zero: Any, bits: int, shape: tuple[int, ...],
                  group: int) -> Any:
-        n = math.prod(shape)
-        codes_per, nbytes = _stream_period(bits)
-        lo, hi, shift = _period_tables(bits)
-        total = int(packed.type().sizes()[0])
-        pad = (-total) % nbytes
-        # int32 arithmetic (x * 256, integer Div, Mod) instead of BitShift, which needs unsigned
-        # types the TorchScript exporter cannot declare; ORT folds it all away at load time.
-        data = g.op("Cast", packed, to_i=6)
-        if pad:
-            data = g.op("Pad", data, _const(g, torch.tensor([0, pad], dtype=torch.int64)))
-        data = g.op("Reshape", data, _const(g, torch.tensor([-1, nbytes], dtype=torch.int64)))
-        low = g.op("Gather", data, _const(g, lo.to(torch.int64)), axis_i=1)
-        high = g.op("Gather", data, _const(g, hi.to(torch.int64)), axis_i=1)
-        window = g.op("Add", low, g.op("Mul", high, _const(g, torch.tensor(256, dtype=torch.int32))))
-        window = g.op("Div", window, _const(g, (1 << shift).to(torch.int32)))
-        codes = g.op("Mod", window, _const(g, torch.tensor(1 << bits, dtype=torch.int32)))
-        codes = g.op("Reshape", codes, _const(g, torch.tensor([-1], dtype=torch.int64)))
-        codes = g.op("Slice", codes, _const(g, torch.tensor([0], dtype=torch.int64)),
-                     _const(g, torch.tensor([n], dtype=torch.int64)))
+        codes = _unpack_symbolic(g, packed, bits, math.prod(shape))
         codes = g.op("Cast", codes, to_i=1)
         codes = g.op("Reshape", codes, _const(g, torch.tensor([-1, group], dtype=torch.int64)))
         w = g.op("Mul", g.op("Sub", codes, zero), scale)
@@ -450,3 +454,64 @@ class PackedWeightConv(_PackedWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = typing.cast("torch.Tensor | None", self.bias)
         return self.conv(x, self.weight(), bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared weights (k-means codebooks): packed indices into a small table, gathered at load.
+
+class _PackedGatherFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, packed: torch.Tensor, table: torch.Tensor, bits: int,
+                shape: tuple[int, ...]) -> torch.Tensor:
+        idx = unpack_stream(packed, bits, math.prod(shape)).long()
+        return table[idx].reshape(shape)
+
+    @staticmethod
+    def symbolic(g: Any, packed: Any, table: Any, bits: int, shape: tuple[int, ...]) -> Any:
+        idx = _unpack_symbolic(g, packed, bits, math.prod(shape))
+        w = g.op("Gather", table, idx, axis_i=0)
+        return g.op("Reshape", w, _const(g, torch.tensor(list(shape), dtype=torch.int64)))
+
+
+class CodebookWeight(nn.Module):
+    """A weight stored as b-bit indices (packed) into `table`; `forward(_)` returns the weight."""
+
+    keeps_packed = True
+
+    def __init__(self, indices: torch.Tensor, table: torch.Tensor) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in indices.shape)
+        self.bits = max(1, math.ceil(math.log2(max(int(table.numel()), 2))))
+        from torchshrink.quant.packing import pack
+
+        self.register_buffer("packed", pack(indices.to(torch.int32), self.bits))
+        self.register_buffer("table", table.detach().float().clone())
+
+    def forward(self, _: torch.Tensor) -> torch.Tensor:
+        return _PackedGatherFn.apply(self.packed, self.table, self.bits, self.shape)
+
+
+class CodebookLayer(nn.Module):
+    """Linear / Conv1d / Conv2d computing with a CodebookWeight (same call as the original)."""
+
+    keeps_packed = True
+
+    def __init__(self, layer: nn.Module, weight: CodebookWeight) -> None:
+        super().__init__()
+        self.w = weight
+        bias = getattr(layer, "bias", None)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.kind = "linear" if isinstance(layer, nn.Linear) else ("conv1d" if isinstance(layer, nn.Conv1d)
+                                                                   else "conv2d")
+        if self.kind != "linear":
+            assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
+            self.stride, self.padding = layer.stride, layer.padding
+            self.dilation, self.groups = layer.dilation, layer.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w(x)
+        bias = typing.cast("torch.Tensor | None", self.bias)
+        if self.kind == "linear":
+            return F.linear(x, w, bias)
+        conv = F.conv1d if self.kind == "conv1d" else F.conv2d
+        return conv(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
