@@ -38,11 +38,11 @@ from torchshrink.distill import fewer_blocks, make_distill_loss, mlp
 RESULTS = Path(__file__).resolve().parent / "results" / "distill.json"
 
 FULL = {"teacher_epochs": 30, "student_epochs": 60, "lenet_epochs": 20, "finetune_epochs": 20,
-        "finetune_samples": 500, "gpt_bytes": 80_000, "gpt_embd": 64, "gpt_teacher_steps": 500,
-        "gpt_student_steps": 150, "gpt_teacher_init": 1}
-QUICK = {"teacher_epochs": 20, "student_epochs": 40, "lenet_epochs": 20, "finetune_epochs": 15,
+        "finetune_samples": 500, "gpt_bytes": 80_000, "gpt_embd": 64, "gpt_teacher_steps": 800,
+        "gpt_student_steps": 420, "gpt_teacher_init": 1}
+QUICK = {"teacher_epochs": 20, "student_epochs": 40, "lenet_epochs": 20, "finetune_epochs": 20,
          "finetune_samples": 500, "gpt_bytes": 80_000, "gpt_embd": 64, "gpt_teacher_steps": 400,
-         "gpt_student_steps": 150, "gpt_teacher_init": 0}
+         "gpt_student_steps": 420, "gpt_teacher_init": 0}
 
 # Distillation settings per student (Hinton et al.: smaller students prefer lower T and, on
 # small data, keep some weight on the hard labels).
