@@ -137,6 +137,10 @@ def main() -> int:
     ap.add_argument("--baselines", default=None,
                     help="directory of trained baselines named MODEL_DATA.tsz (from `torchshrink train`); "
                          "used instead of training when present")
+    ap.add_argument("--runs-from", nargs="*", default=None,
+                    help="combine earlier result JSONs (bench outputs or `torchshrink compress --report` "
+                         "files, e.g. models run side by side) instead of running; their .tsz files must "
+                         "still exist for the per-layer table")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -150,6 +154,16 @@ def main() -> int:
     keep = Path(args.keep_files) if args.keep_files else Path(tempfile.mkdtemp(prefix="ts_dc_"))
     keep.mkdir(parents=True, exist_ok=True)
     results = []
+    if args.runs_from:
+        runs = []
+        for f in args.runs_from:
+            loaded = json.loads(Path(f).read_text())
+            if "runs" in loaded:
+                results += loaded["runs"]
+            else:  # a `torchshrink compress --report` JSON: the same pipeline (run_compress)
+                loaded["coders"] = coder_rows(Path(loaded["file"]))
+                loaded["source"] = f"torchshrink compress --report {f}"
+                results.append(loaded)
     for model, data_name, epochs in runs:
         recipe_path = ROOT / "recipes" / f"deep_compression_{model}.yaml"
         recipe: Any = str(recipe_path)

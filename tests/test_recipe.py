@@ -139,3 +139,17 @@ def test_paper_style_bits_counts_fixed_width_positions() -> None:
     ts.cluster(model, ts.KMeansSharing(bits=1))
     # one distinct value -> one centroid, 1-bit indices: 6-bit gaps: 3 x 7 = 21 bits, + 32-bit codebook
     assert paper_style_bits(model) == 21 + 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_deep_compression_mnist5k_40x_within_0_2_points(model: str, tmp_path: Path) -> None:
+    """The issue's bar, on the file read back: >= 40x smaller than dense fp32, <= 0.2 points lost."""
+    from torchshrink.cli_compress import run_compress
+
+    rep = run_compress(model_name=model, data_name="mnist5k",
+                       recipe=str(ROOT / "recipes" / f"deep_compression_{model}.yaml"),
+                       out=str(tmp_path / "f.tsz"), progress=False, print_fn=lambda s: None)
+    assert rep["compressed"]["bytes"] == (tmp_path / "f.tsz").stat().st_size
+    assert rep["ratio"] >= 40
+    assert rep["accuracy_drop"] <= 0.2
