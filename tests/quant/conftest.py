@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def synthetic_loaders() -> tuple:
 def _trained(synthetic_loaders: tuple) -> nn.Module:
     torch.manual_seed(0)
     model = SmallNet()
-    fit(model, synthetic_loaders[0], epochs=2, lr=2e-3, progress=False)
+    fit(model, synthetic_loaders[0], epochs=1, lr=2e-3, progress=False)
     return model.eval()
 
 
@@ -52,3 +53,12 @@ def trained(_trained: nn.Module) -> nn.Module:
 def skeleton() -> nn.Module:
     """An untrained SmallNet for ts.load(like=...)."""
     return SmallNet()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,7 +49,7 @@ def test_qat_convert_packs_exactly_the_trained_grid(trained: nn.Module, syntheti
     assert torch.equal(packed.ts_effective_weights()["weight"], expected_w)
     q2 = ts.quantize(q, ts.WeightOnly(bits=4, group_size=None))  # reuses the trained FakeQuant grids
     assert isinstance(q2.fc1, WeightOnlyLayer)
-    assert torch.allclose(q2(x), fake, atol=1e-5)
+    assert torch.equal(q2(x), fake)
 
 
 def test_qat_with_activation_quantization(trained: nn.Module, synthetic_loaders: tuple) -> None:

@@ -50,9 +50,7 @@ KINDS = ["dynamic", "static", "static16", "int3", "int4g", "cast", "qat_lsq", "m
 CUSTOM = (DynamicInt8Linear, StaticInt8Layer, WeightOnlyLayer, CastLayer, ActQuantized)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_specs_rebuild_modules_and_parametrizations(kind: str, trained: nn.Module, synthetic_loaders: tuple) -> None:
-    q = _quantized(kind, trained, synthetic_loaders).eval()
+def _check_specs(q: nn.Module) -> None:
     found = 0
     for m in q.modules():
         if isinstance(m, CUSTOM):
@@ -79,9 +77,10 @@ def test_specs_rebuild_modules_and_parametrizations(kind: str, trained: nn.Modul
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_save_load_round_trip(kind: str, trained: nn.Module, synthetic_loaders: tuple, tmp_path: Path,
+def test_specs_and_save_load_round_trip(kind: str, trained: nn.Module, synthetic_loaders: tuple, tmp_path: Path,
                               skeleton: nn.Module) -> None:
     q = _quantized(kind, trained, synthetic_loaders).eval()
+    _check_specs(q)
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         expected = q(x)

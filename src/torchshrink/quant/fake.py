@@ -14,7 +14,7 @@ product of the non-output dimensions (a Conv2d kernel flattens to in = cin * kh 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -138,10 +138,21 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
 
 
-def _grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    # LSQ: same value, gradient multiplied by `factor` (keeps step-size updates in proportion).
-    scaled = x * factor
-    return (x - scaled).detach() + scaled
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """LSQ's gradient scaling: the value of x bit for bit (so packed weights equal the trained
+    fake-quant weights exactly), the gradient multiplied by `factor`."""
+    return _GradScale.apply(x, factor)  # type: ignore[no-any-return]
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
@@ -231,7 +242,7 @@ class FakeQuant(nn.Module):
         scale, zero = self.grid(w)
         if self.scale is not None:
             _, qmax = qrange(self.bits, self.symmetric)
-            scale = _grad_scale(scale, 1.0 / math.sqrt(rows.shape[1] * qmax))
+            scale = grad_scale(scale, 1.0 / math.sqrt(rows.shape[1] * qmax))
         out = fake_quantize(rows, scale.to(w.dtype), zero.to(w.dtype), self.bits, self.symmetric)
         return ungroup_rows(out, w.shape)
 

@@ -26,6 +26,7 @@ from torchshrink.quant.fake import (
     check_bits,
     check_group,
     fake_quantize,
+    grad_scale,
     shares_values,
 )
 from torchshrink.quant.fold import fold_batchnorm
@@ -61,7 +62,7 @@ class ActQuantized(nn.Module):
         s = self.scale.abs().clamp_min(1e-12)
         if self.lsq:
             factor = 1.0 / math.sqrt(max(1, x[0].numel()) * (2**self.bits - 1))
-            s = (s - s * factor).detach() + s * factor
+            s = grad_scale(s, factor)
         return self.layer(fake_quantize(x, s.to(x.dtype), self.zero_point.to(x.dtype), self.bits, False))
 
 
