@@ -64,6 +64,9 @@ class DynamicInt8Linear(PackedCache):
     """Linear with int8 weights run by `quantized::linear_dynamic` (float in, float out)."""
 
     execution = "int8 kernel (quantized::linear_dynamic)"
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, per_channel: bool = True,
                  reduce_range: bool = True) -> None:
@@ -83,7 +86,7 @@ class DynamicInt8Linear(PackedCache):
         q.weight_int8.copy_(codes)
         q.weight_scale.copy_(scale)
         b = bias_of(m)
-        if b is not None:
+        if b is not None and q.bias is not None:
             q.bias.copy_(b)
         return q
 
@@ -122,6 +125,7 @@ register_module(
 
 def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> nn.Module:
     for name, m in select_layers(model, types=(nn.Linear,), targets=config.targets, ignore=config.ignore):
+        assert isinstance(m, nn.Linear)
         # A codebook earlier in the chain: one scale per tensor keeps the shared values shared.
         per_channel = config.per_channel and not shares_values(params.chain(m))
         set_module(model, name, DynamicInt8Linear.from_float(m, per_channel=per_channel,

@@ -152,7 +152,8 @@ class _GradScale(torch.autograd.Function):
 def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
     """LSQ's gradient scaling: the value of x bit for bit (so packed weights equal the trained
     fake-quant weights exactly), the gradient multiplied by `factor`."""
-    return _GradScale.apply(x, factor)  # type: ignore[no-any-return]
+    out: torch.Tensor = _GradScale.apply(x, factor)
+    return out
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
@@ -207,6 +208,7 @@ class FakeQuant(nn.Module):
     """
 
     execution = "fake-quant (simulated)"
+    zero_point: torch.Tensor
 
     def __init__(self, shape: tuple[int, ...] | list[int], *, bits: int = 8, symmetric: bool = True,
                  granularity: Granularity = "channel", group_size: int | None = None,

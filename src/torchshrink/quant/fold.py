@@ -47,19 +47,21 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     for layer_name, bn_name in _pairs(model):
         layer = model.get_submodule(layer_name)
         bn = model.get_submodule(bn_name)
+        assert isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d))  # _pairs only yields these
         chain = params.chain(layer)
         if any(hasattr(p, "codebook") or type(p).__name__ == "FakeQuant" for p in chain):
             continue
         if bn.running_mean is None or bn.running_var is None:
             continue
+        mean: torch.Tensor = bn.running_mean
         std = (bn.running_var + bn.eps).sqrt()
         gamma = bn.weight if bn.affine else torch.ones_like(std)
         beta = bn.bias if bn.affine else torch.zeros_like(std)
         factor = gamma / std
         raw = params.original(layer)
         raw.mul_(factor.reshape(-1, *([1] * (raw.dim() - 1))).to(raw.dtype))
-        old_bias = layer.bias if layer.bias is not None else torch.zeros_like(std)
-        new_bias = (old_bias - bn.running_mean) * factor + beta
+        old_bias = layer.bias if isinstance(layer.bias, torch.Tensor) else torch.zeros_like(std)
+        new_bias = (old_bias - mean) * factor + beta
         layer.bias = nn.Parameter(new_bias.detach().clone())
         set_module(model, bn_name, nn.Identity())
         folded.append(bn_name)

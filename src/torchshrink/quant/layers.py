@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from torchshrink.errors import UnsupportedModelError
 
-__all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "bias_of", "in_width"]
+__all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "weight_tensor", "bias_of", "in_width"]
 
 LayerOp = dict[str, Any]
 
@@ -59,9 +59,17 @@ def run_op(op: LayerOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
     return fn(x, w, b, tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"])
 
 
+def weight_tensor(m: nn.Module) -> torch.Tensor:
+    """`m.weight` as a Tensor (through any parametrization chain, with autograd)."""
+    w = m.weight
+    if not isinstance(w, torch.Tensor):
+        raise UnsupportedModelError(f"{type(m).__name__} has no weight tensor to quantize")
+    return w
+
+
 def weight_of(m: nn.Module) -> torch.Tensor:
     """The effective weight (through any mask/codebook parametrization chain), detached."""
-    return m.weight.detach().float()
+    return weight_tensor(m).detach().float()
 
 
 def bias_of(m: nn.Module) -> torch.Tensor | None:

@@ -28,7 +28,7 @@ from torchshrink.config import Config, check, check_range
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
 from torchshrink.quant.fake import FakeQuant, check_bits, check_group, shares_values
-from torchshrink.quant.layers import in_width, layer_op
+from torchshrink.quant.layers import in_width, layer_op, weight_tensor
 from torchshrink.quant.weight_only import quantize_layer_weight_only
 from torchshrink.registry import Context, register
 from torchshrink.train import classification_loss, unwrap_batch
@@ -52,7 +52,7 @@ def _loss_fn(model: nn.Module, batches: list[Any]) -> Callable[[], torch.Tensor]
         for i, b in enumerate(batches):
             x, y = unwrap_batch(b)
             out = model(x)
-            total = total + (classification_loss(out, y) if labeled else F.mse_loss(out, refs[i]))
+            total = total + (classification_loss(out, y) if labeled and y is not None else F.mse_loss(out, refs[i]))
         return total / len(batches)
 
     return loss
@@ -92,13 +92,16 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
             check_group(name, in_width(layer_op(name, m)), config.group_size)
     cands = sorted(set(config.candidates))
     per: Literal["bits", "bytes"] = "bytes" if config.budget_bytes is not None else "bits"
-    sizes = {name: (m.weight.numel(), m.weight.shape[0] if not config.group_size
-                    else m.weight.numel() // config.group_size) for name, m in layers}
+    sizes: dict[str, tuple[int, int]] = {}
+    for name, m in layers:
+        w = weight_tensor(m)
+        sizes[name] = (w.numel(), int(w.shape[0]) if not config.group_size else w.numel() // config.group_size)
     total_n = sum(n for n, _ in sizes.values())
-    budget = float(config.budget_bytes) if per == "bytes" else float(config.budget_bits or 0) * total_n
+    budget = float(config.budget_bytes) if config.budget_bytes is not None else \
+        float(config.budget_bits or 0) * total_n
 
     def cost(choice: dict[str, int]) -> float:
-        return sum(_cost_bits(*sizes[n], choice[n], per) for n in choice)
+        return float(sum(_cost_bits(*sizes[n], choice[n], per) for n in choice))
 
     choice = {name: cands[-1] for name, _ in layers}
     floor = {name: cands[0] for name, _ in layers}
@@ -121,7 +124,7 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
         g, gs = (("tensor", None) if shares_values(params.chain(m)) else (granularity, config.group_size))
         for b in cands:
             with torch.no_grad():
-                w = m.weight.detach()
+                w = weight_tensor(m).detach()
                 # The grid is fixed from w once (lsq=True holds it as a tensor), so the loss
                 # passes below do not repeat the clipping search on every forward.
                 fq = FakeQuant(tuple(w.shape), bits=b, symmetric=config.symmetric, granularity=g,
@@ -137,7 +140,7 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
     model.train(was_training)
     sens: dict[str, dict[int, float]] = {}
     for (name, m), tr in zip(layers, traces):
-        n = m.weight.numel()
+        n = weight_tensor(m).numel()
         if config.sensitivity == "hessian":
             raw = {b: max(tr, 0.0) / n * err[name][b] for b in cands}
         else:

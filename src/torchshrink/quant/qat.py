@@ -30,7 +30,7 @@ from torchshrink.quant.fake import (
     shares_values,
 )
 from torchshrink.quant.fold import fold_batchnorm
-from torchshrink.quant.layers import in_width, layer_op
+from torchshrink.quant.layers import in_width, layer_op, weight_tensor
 from torchshrink.quant.observers import calibrate, expected_input_shape, make_observer
 from torchshrink.quant.weight_only import quantize_layer_weight_only
 from torchshrink.registry import Context, register
@@ -42,6 +42,8 @@ class ActQuantized(nn.Module):
     """Wraps a layer so its input is fake-quantized (affine, per tensor) with STE."""
 
     execution = "fake-quant (simulated)"
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(self, layer: nn.Module, *, bits: int = 8, lsq: bool = False) -> None:
         super().__init__()
@@ -103,8 +105,9 @@ def attach_fake_quant(model: nn.Module, layers: list[tuple[str, nn.Module]], *, 
         g, gs = granularity, (group_size if granularity == "group" else None)
         if shares_values(params.chain(m)):
             g, gs = "tensor", None
-        params.add(m, FakeQuant(tuple(m.weight.shape), bits=bits, symmetric=symmetric, granularity=g,
-                                group_size=gs, method=method, lsq=lsq, init=m.weight.detach()))
+        w = weight_tensor(m).detach()
+        params.add(m, FakeQuant(tuple(w.shape), bits=bits, symmetric=symmetric, granularity=g,
+                                group_size=gs, method=method, lsq=lsq, init=w))
 
 
 def apply_qat(model: nn.Module, config: QAT, ctx: Context) -> nn.Module:

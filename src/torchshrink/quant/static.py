@@ -49,6 +49,14 @@ def has_vnni() -> bool:
 class StaticInt8Layer(PackedCache):
     """Linear/Conv with int8 weights (per output channel) and calibrated uint8 activations."""
 
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+    in_scale: torch.Tensor
+    in_zero_point: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero_point: torch.Tensor
+
     def __init__(self, op: LayerOp, *, bias: bool, act_bits: int = 8, per_channel: bool = True) -> None:
         super().__init__()
         self.op, self.act_bits, self.per_channel = dict(op), act_bits, per_channel
@@ -163,7 +171,7 @@ def apply_static_int8(model: nn.Module, config: StaticInt8, ctx: Context) -> nn.
         q.weight_int8.copy_(codes)
         q.weight_scale.copy_(scale)
         b = bias_of(m)
-        if b is not None:
+        if b is not None and q.bias is not None:
             q.bias.copy_(b)
         for which, obs in zip(("in", "out"), observers[name]):
             s, z = obs.qparams(eff_bits, symmetric=False)

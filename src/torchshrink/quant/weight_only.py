@@ -49,6 +49,11 @@ __all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
 class WeightOnlyLayer(nn.Module):
     """A Linear/Conv1d/Conv2d whose weight lives as packed `bits`-bit codes."""
 
+    packed: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(self, op: LayerOp, *, bits: int, symmetric: bool, granularity: Granularity,
                  group_size: int | None, bias: bool) -> None:
         super().__init__()
@@ -136,7 +141,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
                             bias=m.bias is not None)
     q.set_codes(codes, scale, zero)
     b = bias_of(m)
-    if b is not None:
+    if b is not None and q.bias is not None:
         q.bias.copy_(b)
     return q
 
