@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base300 = res["training"]["lenet300"]["test_accuracy"]
     ptq4 = ts.quantize(copy.deepcopy(trained["lenet300"]), ts.WeightOnly(bits=4, group_size=None))
     ptq4_minmax = ts.quantize(copy.deepcopy(trained["lenet300"]),
-                              ts.WeightOnly(bits=4, group_size=None, method="minmax"))
+                              ts.WeightOnly(bits=4, group_size=None, clip="minmax"))
     t0 = time.perf_counter()
     qat = ts.quantize(copy.deepcopy(trained["lenet300"]),
                       ts.QAT(bits=4, epochs=1 if q else 5, lr=2e-4, convert=True),

@@ -95,3 +95,12 @@ def test_activation_bits_outside_8_or_16_are_rejected() -> None:
         ts.StaticInt8(activation_bits=4)  # type: ignore[arg-type]
     with pytest.raises(ts.ConfigError, match="activation_bits"):
         ts.StaticInt8(activation_bits=17)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("config", [ts.DynamicInt8(), ts.StaticInt8(observer="entropy"), ts.WeightOnly(bits=3, clip="minmax"),
+                                    ts.Cast(dtype="float16"), ts.QAT(bits=2, activation_bits=8),
+                                    ts.MixedPrecision(budget_bytes=1000, candidates=(2, 4))])
+def test_configs_round_trip_through_plain_data(config: ts.Config) -> None:
+    import json
+
+    assert ts.Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config

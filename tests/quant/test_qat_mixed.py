@@ -28,7 +28,7 @@ def test_fold_batchnorm_is_exact_in_eval(trained: nn.Module) -> None:
 def test_qat_recovers_2bit_accuracy(trained: nn.Module, synthetic_loaders: tuple) -> None:
     train, val, test = synthetic_loaders
     base = evaluate(trained, test)["accuracy"]
-    ptq = ts.quantize(copy.deepcopy(trained), ts.WeightOnly(bits=2, group_size=None, method="minmax"))
+    ptq = ts.quantize(copy.deepcopy(trained), ts.WeightOnly(bits=2, group_size=None, clip="minmax"))
     ptq_acc = evaluate(ptq, test)["accuracy"]
     q = ts.quantize(trained, ts.QAT(bits=2, epochs=1, lr=1e-3), train=train, val=val, progress=False)
     assert all(params.has(m, FakeQuant) for m in (q.conv, q.fc1, q.fc2))
@@ -99,7 +99,7 @@ def test_mixed_precision_bytes_budget_and_errors(trained: nn.Module, synthetic_l
 def test_diagnostics_table_points_at_the_broken_layer(trained: nn.Module, synthetic_loaders: tuple) -> None:
     ref = copy.deepcopy(trained)
     q = ts.quantize(trained, ts.WeightOnly(bits=8, group_size=None, targets=("conv", "fc2")))
-    q = ts.quantize(q, ts.WeightOnly(bits=2, group_size=None, method="minmax", targets=("fc1",)))
+    q = ts.quantize(q, ts.WeightOnly(bits=2, group_size=None, clip="minmax", targets=("fc1",)))
     d = ts.quant_diagnostics(ref, q, synthetic_loaders[2], limit=1)
     rows = {r.name: r for r in d.layers}
     assert set(rows) == {"conv", "fc1", "fc2"}

@@ -128,7 +128,7 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
                 # The grid is fixed from w once (lsq=True holds it as a tensor), so the loss
                 # passes below do not repeat the clipping search on every forward.
                 fq = FakeQuant(tuple(w.shape), bits=b, symmetric=config.symmetric, granularity=g,
-                               group_size=gs, method=config.method, lsq=True, init=w)
+                               group_size=gs, method=config.clip, lsq=True, init=w)
                 err[name][b] = float((fq(w) - w).pow(2).sum())
                 params.add(m, fq)
                 delta[name][b] = float(loss()) - base
@@ -168,7 +168,7 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
     for name, m in layers:
         set_module(model, name, quantize_layer_weight_only(
             name, m, bits=choice[name], symmetric=config.symmetric, group_size=config.group_size,
-            method=config.method))
+            method=config.clip))
     plan = {
         "bits": choice,
         "average_bits": sum(sizes[n][0] * choice[n] for n in choice) / max(1, total_n),
@@ -193,7 +193,7 @@ class MixedPrecision(Config):
     sensitivity: Literal["loss", "hessian"] = "loss"
     group_size: int | None = None
     symmetric: bool = True
-    method: Literal["minmax", "mse"] = "mse"
+    clip: Literal["minmax", "mse"] = "mse"
     hutchinson_samples: int = 8
     calibration_batches: int = 4
     targets: tuple[str, ...] | None = None

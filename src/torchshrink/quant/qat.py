@@ -120,7 +120,7 @@ def apply_qat(model: nn.Module, config: QAT, ctx: Context) -> nn.Module:
         fold_batchnorm(model)
     layers = select_layers(model, targets=config.targets, ignore=config.ignore)
     attach_fake_quant(model, layers, bits=config.bits, symmetric=config.symmetric,
-                      granularity=config.granularity, group_size=config.group_size, method=config.method,
+                      granularity=config.granularity, group_size=config.group_size, method=config.clip,
                       lsq=config.lsq)
     if config.activation_bits is not None:
         wrapped = {name: ActQuantized(m, bits=config.activation_bits, lsq=config.lsq) for name, m in layers}
@@ -154,6 +154,7 @@ class QAT(Config):
 
     bits: weight bits, 2..8. activation_bits: 8 or 16 to also fake-quantize layer inputs.
     granularity/group_size: per tensor, per output channel, or groups of `group_size` inputs.
+    clip: initial grid range, `mse` (clipping search) or `minmax`.
     lsq: learn the step sizes (Esser et al., "Learned Step Size Quantization", 2020).
     convert: after training, pack the weights into real low-bit storage (WeightOnlyLayer).
     Pass `train=` (and `val=`) to ts.quantize.
@@ -164,7 +165,7 @@ class QAT(Config):
     symmetric: bool = True
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int | None = None
-    method: Literal["minmax", "mse"] = "mse"
+    clip: Literal["minmax", "mse"] = "mse"
     lsq: bool = True
     epochs: int = 3
     lr: float = 1e-4

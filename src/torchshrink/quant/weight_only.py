@@ -155,7 +155,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     for name, m in layers:
         set_module(model, name, quantize_layer_weight_only(
             name, m, bits=config.bits, symmetric=config.symmetric, group_size=config.group_size,
-            method=config.method))
+            method=config.clip))
     return model
 
 
@@ -167,14 +167,14 @@ class WeightOnly(Config):
     bits: 2..8 (int2, int3, int4 are the usual choices).
     group_size: values per scale along the input width (must divide every selected layer's
         input width, in * kh * kw for convolutions); None = one scale per output channel.
-    method: `mse` searches a clipping range per group (better at 2..4 bits), `minmax` uses the
+    clip: `mse` searches a clipping range per group (better at 2..4 bits), `minmax` uses the
         full range.
     """
 
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = True
-    method: Literal["minmax", "mse"] = "mse"
+    clip: Literal["minmax", "mse"] = "mse"
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
 
@@ -183,3 +183,8 @@ class WeightOnly(Config):
         check_bits("bits", self.bits, 2, 8)
         check(self.group_size is None or self.group_size > 0,
               f"group_size must be positive or None (per channel), got {self.group_size}")
+
+    @classmethod
+    def example(cls) -> WeightOnly:
+        """Per-channel int4: applies to any layer width (group_size=128 needs widths divisible by 128)."""
+        return cls(bits=4, group_size=None)
