@@ -54,4 +54,4 @@ def test_half_depth_gpt_student_learns_more_with_teacher(bench: ModuleType) -> N
     res = bench.gpt(bench.QUICK, log=_quiet)
     fresh = res["students"]["fresh"]
     assert fresh["distilled_val_loss"] < fresh["hard_val_loss"], fresh
-    assert res["teacher_val_loss"] < fresh["hard_val_loss"]
+    assert fresh["hard_val_loss"] < 0.5 * fresh["init_val_loss"]  # both students really trained
