@@ -407,6 +407,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                             for h in info.history))
         if info.metadata:
             print("  metadata: " + json.dumps(info.metadata, sort_keys=True))
+        # the per-layer table, like Deep Compression's Table 2
+        from torchshrink.cli_compress import inspect_table
+
+        print("\n" + inspect_table(info.path))
     return 0
 
 
@@ -543,6 +547,11 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
 # --------------------------------------------------------------------------------------------
 # Families add their subcommands below, each in its own section.
 # --- compress (issue 5) ---
+from torchshrink.cli_compress import cmd_compress as _cmd_compress  # noqa: E402
+from torchshrink.cli_compress import compress_args as _compress_args  # noqa: E402
+
+command("compress", help="train or load a baseline, run a recipe, write the compressed file, report",
+        arguments=_compress_args)(_cmd_compress)
 # --- export (issue 8) ---
 from torchshrink.cli_export import cmd_export as _cmd_export  # noqa: E402
 from torchshrink.cli_export import export_args as _export_args  # noqa: E402

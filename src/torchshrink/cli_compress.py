@@ -28,6 +28,7 @@ __all__ = [
     "dense_bytes",
     "layer_rows",
     "layer_table",
+    "inspect_table",
     "stage_rows",
     "stage_table",
     "paper_style_bits",
@@ -135,6 +136,14 @@ def layer_table(path: str | os.PathLike[str], rows: list[dict[str, Any]] | None 
                  f"whole file, header {total.get('header_bytes', 0):,} B included; "
                  f"ratio {total['dense_bytes'] / max(1, total['stored_bytes']):.1f}x)")
     return "\n".join(lines)
+
+
+def inspect_table(path: str | os.PathLike[str]) -> str:
+    """The per-layer table for `torchshrink inspect`; never fails the command it decorates."""
+    try:
+        return layer_table(path)
+    except Exception as e:  # noqa: BLE001 - an extra table must not break inspect
+        return f"(no per-layer table: {type(e).__name__}: {e})"
 
 
 # --------------------------------------------------------------------------------------------
