@@ -41,12 +41,8 @@ MODEL_KW: dict[str, dict[str, Any]] = {
 # Contract violations found by this module and reported to the method's owner, as
 # {(test, method name): reason}. Non-strict xfail: the suite stays green meanwhile, and an
 # XPASS in the summary says the entry can go.
-KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    ("round_trip", "mixed_precision"): "config field `method` collides with the `method` tag of to_dict",
-    ("round_trip", "qat"): "config field `method` collides with the `method` tag of to_dict",
-    ("round_trip", "weight_only"): "config field `method` collides with the `method` tag of to_dict",
-    ("apply", "weight_only"): "default group_size=128 divides no small reference model's layer widths",
-}
+# (test, method name) -> reason, for a method that is known to fail one check. Keep empty.
+KNOWN_ISSUES: dict[tuple[str, str], str] = {}
 
 
 def _methods(test: str) -> list[Any]:
