@@ -41,10 +41,15 @@ def count_macs(model: nn.Module, example: Any) -> int:
     args = example if isinstance(example, tuple) else (example,)
     was = model.training
     model.eval()
+    # nn.MultiheadAttention's inference fast path is one fused op that FlopCounterMode does not
+    # count; the regular path is counted op by op.
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*args)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
         model.train(was)
     return counter.get_total_flops() // 2
 
