@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import torchshrink as ts
-from torchshrink.prune import count_macs
+from torchshrink.prune import count_macs, remove_masks
 from torchshrink.prune.sparse import time_call
 
 RESULTS = Path(__file__).parent / "results" / "prune.json"
@@ -136,7 +136,7 @@ def unstructured(quick: bool, rounds: int) -> dict[str, Any]:
 
     # CPU execution of the pruned LeNet: masks cost time; CSR only where measured faster
     baked = copy.deepcopy(ours)
-    ts.prune.remove_masks(baked)
+    remove_masks(baked)
     sparse = copy.deepcopy(baked)
     threads = torch.get_num_threads()
     torch.set_num_threads(LATENCY_THREADS)  # decide under the same conditions the table measures

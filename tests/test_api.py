@@ -61,3 +61,12 @@ def test_config_validation_and_round_trip() -> None:
         Config.from_dict({"method": "scale_for_test", "factr": 2})
     with pytest.raises(ConfigError, match="unknown method 'scale_for_tset'. Did you mean 'scale_for_test'"):
         Config.from_dict({"method": "scale_for_tset"})
+
+
+def test_verbs_are_functions_even_after_importing_same_named_subpackages() -> None:
+    import importlib
+    import inspect
+
+    for sub in ("torchshrink.prune.mask", "torchshrink.cluster", "torchshrink.export.api"):
+        importlib.import_module(sub)
+    assert inspect.isfunction(ts.prune) and inspect.isfunction(ts.cluster) and inspect.isfunction(ts.export)

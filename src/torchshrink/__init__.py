@@ -6,7 +6,13 @@ The public API on one screen. Each family adds its names in its own section belo
 from torchshrink import data, models
 from torchshrink.api import apply, cluster, factorize, prune, quantize
 from torchshrink.config import Config
-from torchshrink.errors import ArtifactError, ConfigError, DataError, ShrinkError, UnsupportedModelError
+from torchshrink.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    ShrinkError,
+    UnsupportedModelError,
+)
 from torchshrink.registry import get_method, methods
 from torchshrink.train import Callback, evaluate, fit
 
@@ -45,9 +51,6 @@ from torchshrink.codec import load, read_info, save  # noqa: E402
 
 __all__ += ["codec", "load", "read_info", "save"]
 # --- prune (issue 3) ---
-# Importing the subpackage binds `torchshrink.prune` to it; the package object is callable and
-# forwards to api.prune, so `ts.prune(model, config)` keeps working (see prune/__init__.py).
-from torchshrink import prune  # noqa: E402
 from torchshrink.prune import (  # noqa: E402
     ChannelPruning,
     GradualPruning,
@@ -76,9 +79,6 @@ __all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "StaticInt8", "Weigh
 # --- cluster / codec / recipe (issue 5) ---
 from torchshrink.cluster import KMeansSharing  # noqa: E402
 from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
-
-# Importing the `cluster` subpackage binds `torchshrink.cluster` to it; put the verb back.
-from torchshrink.api import cluster  # noqa: E402,F811
 from torchshrink.recipe import CompressResult, Recipe, compress, load_recipe  # noqa: E402
 
 __all__ += ["CompressResult", "KMeansSharing", "Recipe", "compress", "load_recipe"]
@@ -98,3 +98,10 @@ from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402
 from torchshrink.export import export as export  # noqa: E402
 
 __all__ += ["ExportResult", "ParityError", "export", "load_pt2"]
+
+# --- the verbs win over same-named subpackages ---
+# Importing torchshrink.prune / .cluster / .export binds those names on this package to the
+# subpackages; the public names are the functions, so bind them last. The subpackages stay
+# importable by their full names (sys.modules), e.g. `from torchshrink.prune import PruningMask`.
+from torchshrink.api import cluster, prune  # noqa: E402,F811
+from torchshrink.export import export  # noqa: E402,F811

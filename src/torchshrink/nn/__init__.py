@@ -1,7 +1,13 @@
 """The only code that walks or edits a model: layer selection, module swaps, parametrizations."""
 
 from torchshrink.nn import params
-from torchshrink.nn.select import DEFAULT_TYPES, check_per_layer_patterns, matches, resolve_per_layer, select_layers
+from torchshrink.nn.select import (
+    DEFAULT_TYPES,
+    check_per_layer_patterns,
+    matches,
+    resolve_per_layer,
+    select_layers,
+)
 from torchshrink.nn.surgery import get_module, parent_of, set_module
 
 __all__ = [

@@ -44,9 +44,10 @@ class PruningMask(nn.Module):
         return torch.where(self.mask, x, x.new_zeros(()))
 
     def canonical_original(self, original: torch.Tensor) -> torch.Tensor:
-        # Storing original*mask instead of the raw tensor changes nothing the chain computes
-        # (mask*mask == mask) but lets the artifact code the pruned entries as cheap zeros.
-        return original * self.mask.to(original.dtype)
+        # Storing zeros at pruned entries changes nothing the chain computes but lets the
+        # artifact code them as gaps. masked_fill writes +0.0; original*mask would leave -0.0
+        # for negative weights, whose bit pattern is not zero to a sparse coder.
+        return original.masked_fill(~self.mask, 0.0)
 
     def extra_repr(self) -> str:
         kept = int(self.mask.sum().item())
@@ -90,7 +91,7 @@ def set_mask(module: nn.Module, mask: torch.Tensor, tensor_name: str = "weight")
     # with what the model computes (and sparse formats see real zeros).
     with torch.no_grad():
         raw = params.original(module, tensor_name)
-        raw.mul_(p.mask.to(raw.dtype))
+        raw.masked_fill_(~p.mask, 0.0)  # +0.0, not the -0.0 a multiplication leaves
     return p
 
 
@@ -104,7 +105,7 @@ def remove_masks(model: nn.Module, *, bake: bool = True) -> nn.Module:
             if bake:
                 with torch.no_grad():
                     raw = params.original(m, tensor_name)
-                    raw.mul_(p.mask.to(raw.dtype))
+                    raw.masked_fill_(~p.mask, 0.0)
             params.remove(m, PruningMask, tensor_name)
     return model
 
