@@ -35,7 +35,7 @@ def chain(module: nn.Module, tensor_name: str = "weight") -> list[nn.Module]:
     """The parametrizations on `tensor_name`, in application order (empty when none)."""
     if not is_parametrized(module, tensor_name):
         return []
-    return list(module.parametrizations[tensor_name])  # type: ignore[index,union-attr,arg-type]
+    return list(module.parametrizations[tensor_name])  # type: ignore[index]
 
 
 def find(module: nn.Module, kind: type[P], tensor_name: str = "weight") -> P | None:
@@ -59,7 +59,7 @@ def add(module: nn.Module, parametrization: nn.Module, tensor_name: str = "weigh
 def original(module: nn.Module, tensor_name: str = "weight") -> torch.Tensor:
     """The stored tensor before any parametrization (the trainable one)."""
     if is_parametrized(module, tensor_name):
-        return module.parametrizations[tensor_name].original  # type: ignore[index,union-attr,return-value]
+        return module.parametrizations[tensor_name].original  # type: ignore[index,union-attr]
     return getattr(module, tensor_name)
 
 
@@ -109,6 +109,6 @@ def materialize(model: nn.Module) -> nn.Module:
             # break the original. Give this module a class of its own first.
             cls = m.__class__
             m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            for tensor_name in list(m.parametrizations.keys()):  # type: ignore[union-attr]
+            for tensor_name in list(m.parametrizations.keys()):  # type: ignore[union-attr,operator]
                 parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
     return model
