@@ -264,56 +264,91 @@ def _read_huffman(r: Reader, a: int, n: int) -> np.ndarray:
     return huffman.decode(r.block(), lengths, n, chunk_bits)
 
 
-class AnsEncoding:
+class _DenseEncoding:
+    """Every element coded by one symbol coder; subclasses name the coder pair."""
+
+    name = ""
+
+    @staticmethod
+    def _write(w: Writer, symbols: np.ndarray, a: int) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _read(r: Reader, a: int, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
+        w = Writer()
+        sym = symbolize(tensor, w)
+        if sym is None:
+            return None
+        self._write(w, sym[0], sym[1])
+        return w.bytes(), {}
+
+    @_guarded
+    def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...],
+               dtype: torch.dtype) -> torch.Tensor:
+        n = _numel(shape)
+        r = Reader(payload)
+        alphabet, a = read_alphabet(r, dtype)
+        out = self._read(r, a, n)
+        r.done()
+        return desymbolize(out, alphabet, shape, dtype)
+
+
+class AnsEncoding(_DenseEncoding):
     """Order-0 rANS over every element."""
 
     name = "ans"
-
-    def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
-        w = Writer()
-        sym = symbolize(tensor, w)
-        if sym is None:
-            return None
-        _write_ans(w, sym[0], sym[1])
-        return w.bytes(), {}
-
-    @_guarded
-    def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...],
-               dtype: torch.dtype) -> torch.Tensor:
-        n = _numel(shape)
-        r = Reader(payload)
-        alphabet, a = read_alphabet(r, dtype)
-        out = _read_ans(r, a, n)
-        r.done()
-        return desymbolize(out, alphabet, shape, dtype)
+    _write = staticmethod(_write_ans)
+    _read = staticmethod(_read_ans)
 
 
-class HuffmanEncoding:
+class HuffmanEncoding(_DenseEncoding):
     """Canonical Huffman over every element."""
 
     name = "huffman"
-
-    def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
-        w = Writer()
-        sym = symbolize(tensor, w)
-        if sym is None:
-            return None
-        _write_huffman(w, sym[0], sym[1])
-        return w.bytes(), {}
-
-    @_guarded
-    def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...],
-               dtype: torch.dtype) -> torch.Tensor:
-        n = _numel(shape)
-        r = Reader(payload)
-        alphabet, a = read_alphabet(r, dtype)
-        out = _read_huffman(r, a, n)
-        r.done()
-        return desymbolize(out, alphabet, shape, dtype)
+    _write = staticmethod(_write_huffman)
+    _read = staticmethod(_read_huffman)
 
 
 def _background(symbols: np.ndarray, a: int) -> int:
     return int(np.argmax(np.bincount(symbols, minlength=a)))
+
+
+def _sparse_symbols(tensor: torch.Tensor, w: Writer) -> tuple[np.ndarray, int, int, np.ndarray] | None:
+    """(symbols, A, background symbol, non-background positions) with the alphabet written to
+    `w`, or None when the tensor is not sparse enough for a sparse format to beat the dense
+    coders."""
+    sym = symbolize(tensor, w)
+    if sym is None:
+        return None
+    s, a = sym
+    bg = _background(s, a)
+    pos = np.flatnonzero(s != bg)
+    if pos.size == 0 or pos.size > s.size // 2:
+        return None
+    return s, a, bg, pos
+
+
+def _write_escaped_gaps(w: Writer, pos: np.ndarray) -> None:
+    """Sorted positions as escaped relative gaps: cap, count, then the ANS-coded gaps."""
+    cap = sparse.best_cap(pos)
+    gaps = sparse.escaped_gaps(pos, cap)
+    w.varint(cap).varint(gaps.size)
+    _write_ans(w, gaps, cap + 1)
+
+
+def _read_escaped_gaps(r: Reader, n: int) -> np.ndarray:
+    """The positions written by `_write_escaped_gaps`, checked against a tensor of n elements."""
+    cap = r.varint(1 << 13)
+    if cap < 1:
+        raise ValueError("bad gap cap")
+    count = r.varint(2 * n + 1)
+    pos = sparse.escaped_positions(_read_ans(r, cap + 1, count), cap)
+    if pos.size and (pos[-1] >= n or pos.size > n):
+        raise ValueError("sparse positions run past the tensor")
+    return pos
 
 
 class SparseAnsEncoding:
@@ -323,18 +358,11 @@ class SparseAnsEncoding:
 
     def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
         w = Writer()
-        sym = symbolize(tensor, w)
-        if sym is None:
+        sparse_sym = _sparse_symbols(tensor, w)
+        if sparse_sym is None:
             return None
-        s, a = sym
-        bg = _background(s, a)
-        pos = np.flatnonzero(s != bg)
-        if pos.size == 0 or pos.size > s.size // 2:
-            return None  # not sparse: the dense coders do better
-        cap = sparse.best_cap(pos)
-        gaps = sparse.escaped_gaps(pos, cap)
-        w.varint(bg).varint(cap).varint(gaps.size)
-        _write_ans(w, gaps, cap + 1)
+        s, a, bg, pos = sparse_sym
+        _write_escaped_gaps(w.varint(bg), pos)
         vals = s[pos]
         # The values never take the background symbol; remap to keep the table tight.
         _write_ans(w, np.where(vals > bg, vals - 1, vals), max(1, a - 1))
@@ -347,14 +375,7 @@ class SparseAnsEncoding:
         r = Reader(payload)
         alphabet, a = read_alphabet(r, dtype)
         bg = r.varint(a - 1)
-        cap = r.varint(1 << 13)
-        if cap < 1:
-            raise ValueError("bad gap cap")
-        count = r.varint(2 * n + 1)
-        gaps = _read_ans(r, cap + 1, count)
-        pos = sparse.escaped_positions(gaps, cap)
-        if pos.size and (pos[-1] >= n or pos.size > n):
-            raise ValueError("sparse positions run past the tensor")
+        pos = _read_escaped_gaps(r, n)
         vals = _read_ans(r, max(1, a - 1), pos.size)
         r.done()
         out = np.full(n, bg, dtype=np.int64)
@@ -370,14 +391,10 @@ class SparseFixedEncoding:
 
     def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
         w = Writer()
-        sym = symbolize(tensor, w)
-        if sym is None:
+        sparse_sym = _sparse_symbols(tensor, w)
+        if sparse_sym is None:
             return None
-        s, a = sym
-        bg = _background(s, a)
-        pos = np.flatnonzero(s != bg)
-        if pos.size == 0 or pos.size > s.size // 2:
-            return None
+        s, a, bg, pos = sparse_sym
         best: tuple[int, bytes] | None = None
         for bits in range(1, 13):
             gaps, filler = sparse.fixed_gaps(pos, bits)
@@ -428,10 +445,8 @@ class SparseRawEncoding:
         pos = np.flatnonzero(v != 0)
         if pos.size == 0 or pos.size > v.size // 2:
             return None
-        cap = sparse.best_cap(pos)
-        gaps = sparse.escaped_gaps(pos, cap)
-        w = Writer().varint(cap).varint(gaps.size)
-        _write_ans(w, gaps, cap + 1)
+        w = Writer()
+        _write_escaped_gaps(w, pos)
         _, np_twin = _TWIN[tensor.element_size()]
         w.raw(v[pos].astype(np_twin).astype(np.dtype(np_twin).newbyteorder("<")).tobytes())
         return w.bytes(), {}
@@ -442,13 +457,7 @@ class SparseRawEncoding:
         n = _numel(shape)
         size = torch.empty((), dtype=dtype).element_size()
         r = Reader(payload)
-        cap = r.varint(1 << 13)
-        if cap < 1:
-            raise ValueError("bad gap cap")
-        count = r.varint(2 * n + 1)
-        pos = sparse.escaped_positions(_read_ans(r, cap + 1, count), cap)
-        if pos.size and (pos[-1] >= n or pos.size > n):
-            raise ValueError("sparse positions run past the tensor")
+        pos = _read_escaped_gaps(r, n)
         twin, np_twin = _TWIN[size]
         vals = np.frombuffer(r.raw(pos.size * size), dtype=np.dtype(np_twin).newbyteorder("<"))
         r.done()
