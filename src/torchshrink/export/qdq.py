@@ -138,6 +138,34 @@ def _bias_int32(bias: torch.Tensor | None, in_scale: float, w_scale: torch.Tenso
     return q, s
 
 
+class _QDQWeights(nn.Module):
+    """The int8 weight buffers, activation QDQs and bias shared by QDQLinear and QDQConv2d."""
+
+    input_qdq: QuantDequant | None
+    output_qdq: QuantDequant | None
+    bias_float: nn.Parameter | None
+
+    def _init_qdq_weights(self, weight_q: torch.Tensor, weight_scale: torch.Tensor,
+                          weight_zero: torch.Tensor | None, bias: torch.Tensor | None,
+                          input_qdq: QuantDequant | None, output_qdq: QuantDequant | None, *,
+                          bias_shape: tuple[int, ...]) -> None:
+        """The bias goes on the int32 accumulator grid when the input is quantized; otherwise it
+        stays a float parameter of `bias_shape` (broadcast against the output) added after the op."""
+        self.register_buffer("weight_q", weight_q.to(torch.int8))
+        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
+        zero = weight_zero if weight_zero is not None else torch.zeros(weight_q.shape[0])
+        self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
+        self.input_qdq = input_qdq
+        self.output_qdq = output_qdq
+        in_scale = input_qdq.scale_value if input_qdq is not None else None
+        bias_q = _bias_int32(bias, in_scale, weight_scale.reshape(-1).float()) if bias is not None and in_scale \
+            else None
+        self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(
+            bias.detach().float().reshape(bias_shape), requires_grad=False)
+        self.register_buffer("bias_q", bias_q[0] if bias_q else None)
+        self.register_buffer("bias_scale", bias_q[1] if bias_q else None)
+
+
 class _QDQLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, wz: torch.Tensor,
@@ -168,7 +196,7 @@ def _len(v: Any) -> int:
     return int(sizes[0]) if sizes else 1
 
 
-class QDQLinear(nn.Module):
+class QDQLinear(_QDQWeights):
     """A Linear with int8 weights (per output channel), an int32 bias and optional quantized
     input and output activations."""
 
@@ -176,19 +204,8 @@ class QDQLinear(nn.Module):
                  *, input_qdq: QuantDequant | None = None, output_qdq: QuantDequant | None = None,
                  weight_zero: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("weight_q", weight_q.to(torch.int8))
-        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
-        zero = weight_zero if weight_zero is not None else torch.zeros(weight_q.shape[0])
-        self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
-        self.input_qdq = input_qdq
-        self.output_qdq = output_qdq
-        in_scale = input_qdq.scale_value if input_qdq is not None else None
-        bias_q = _bias_int32(bias, in_scale, weight_scale.reshape(-1).float()) if bias is not None and in_scale \
-            else None
-        self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(bias.detach().float(),
-                                                                                         requires_grad=False)
-        self.register_buffer("bias_q", bias_q[0] if bias_q else None)
-        self.register_buffer("bias_scale", bias_q[1] if bias_q else None)
+        self._init_qdq_weights(weight_q, weight_scale, weight_zero, bias, input_qdq, output_qdq,
+                               bias_shape=(-1,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_qdq is not None:
@@ -222,7 +239,7 @@ class _QDQConvFn(torch.autograd.Function):
         return g.op("Conv", x, w, b, **attrs)
 
 
-class QDQConv2d(nn.Module):
+class QDQConv2d(_QDQWeights):
     """A Conv2d with int8 weights (per output channel), an int32 bias and optional quantized
     input and output activations. Padding must be numeric and zero-filled."""
 
@@ -236,19 +253,8 @@ class QDQConv2d(nn.Module):
         self.padding = tuple(conv.padding)
         self.dilation = tuple(conv.dilation)
         self.groups = conv.groups
-        self.register_buffer("weight_q", weight_q.to(torch.int8))
-        self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
-        zero = weight_zero if weight_zero is not None else torch.zeros(weight_q.shape[0])
-        self.register_buffer("weight_zero", zero.reshape(-1).to(torch.int8))
-        self.input_qdq = input_qdq
-        self.output_qdq = output_qdq
-        in_scale = input_qdq.scale_value if input_qdq is not None else None
-        bias_q = _bias_int32(bias, in_scale, weight_scale.reshape(-1).float()) if bias is not None and in_scale \
-            else None
-        self.bias_float = None if bias is None or bias_q is not None else nn.Parameter(
-            bias.detach().float().reshape(1, -1, 1, 1), requires_grad=False)
-        self.register_buffer("bias_q", bias_q[0] if bias_q else None)
-        self.register_buffer("bias_scale", bias_q[1] if bias_q else None)
+        self._init_qdq_weights(weight_q, weight_scale, weight_zero, bias, input_qdq, output_qdq,
+                               bias_shape=(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_qdq is not None:
