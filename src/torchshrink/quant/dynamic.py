@@ -18,19 +18,11 @@ from torch import nn
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config
 from torchshrink.nn import params, select_layers, set_module
-from torchshrink.quant.fake import grid_params, group_rows, quantize_codes, shares_values
-from torchshrink.quant.layers import bias_of, weight_of
+from torchshrink.quant.fake import shares_values
+from torchshrink.quant.layers import load_int8_weights, quantize_int8_weight
 from torchshrink.registry import Context, register
 
 __all__ = ["DynamicInt8", "DynamicInt8Linear", "quantize_int8_weight"]
-
-
-def quantize_int8_weight(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 codes (int8 tensor of w's shape) and scales (out,) or (1,)."""
-    rows = group_rows(w, "channel" if per_channel else "tensor", None)
-    scale, zero = grid_params(rows, 8, True)
-    codes = quantize_codes(rows, scale, zero, 8, True).to(torch.int32) - 128
-    return codes.to(torch.int8).reshape(w.shape), scale.reshape(-1)
 
 
 def qweight(weight_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -82,12 +74,7 @@ class DynamicInt8Linear(PackedCache):
                    ) -> DynamicInt8Linear:
         q = cls(m.in_features, m.out_features, m.bias is not None, per_channel=per_channel,
                 reduce_range=reduce_range)
-        codes, scale = quantize_int8_weight(weight_of(m), per_channel)
-        q.weight_int8.copy_(codes)
-        q.weight_scale.copy_(scale)
-        b = bias_of(m)
-        if b is not None and q.bias is not None:
-            q.bias.copy_(b)
+        load_int8_weights(q, m, per_channel)
         return q
 
     def packed(self) -> Any:

@@ -11,8 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchshrink.errors import UnsupportedModelError
+from torchshrink.quant.fake import grid_params, group_rows, quantize_codes
 
-__all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "weight_tensor", "bias_of", "in_width"]
+__all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "weight_tensor", "bias_of", "in_width",
+           "quantize_int8_weight", "load_int8_weights"]
 
 LayerOp = dict[str, Any]
 
@@ -75,3 +77,23 @@ def weight_of(m: nn.Module) -> torch.Tensor:
 def bias_of(m: nn.Module) -> torch.Tensor | None:
     b = getattr(m, "bias", None)
     return None if b is None else b.detach().float()
+
+
+def quantize_int8_weight(w: torch.Tensor, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes (int8 tensor of w's shape) and scales (out,) or (1,)."""
+    rows = group_rows(w, "channel" if per_channel else "tensor", None)
+    scale, zero = grid_params(rows, 8, True)
+    codes = quantize_codes(rows, scale, zero, 8, True).to(torch.int32) - 128
+    return codes.to(torch.int8).reshape(w.shape), scale.reshape(-1)
+
+
+def load_int8_weights(q: nn.Module, m: nn.Module, per_channel: bool) -> None:
+    """Fill an int8 replacement's `weight_int8`/`weight_scale`/`bias` buffers from the float
+    layer `m` it replaces (its effective weight, through any parametrization chain)."""
+    codes, scale = quantize_int8_weight(weight_of(m), per_channel)
+    q.get_buffer("weight_int8").copy_(codes)
+    q.get_buffer("weight_scale").copy_(scale)
+    b = bias_of(m)
+    q_bias = getattr(q, "bias", None)
+    if b is not None and q_bias is not None:
+        q_bias.copy_(b)

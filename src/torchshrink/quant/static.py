@@ -23,10 +23,10 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
-from torchshrink.quant.dynamic import PackedCache, quantize_int8_weight, qweight
+from torchshrink.quant.dynamic import PackedCache, qweight
 from torchshrink.quant.fake import fake_quantize, shares_values
 from torchshrink.quant.fold import fold_batchnorm
-from torchshrink.quant.layers import LayerOp, bias_of, layer_op, run_op, weight_of, weight_shape
+from torchshrink.quant.layers import LayerOp, layer_op, load_int8_weights, run_op, weight_shape
 from torchshrink.quant.observers import ObserverName, calibrate, expected_input_shape, make_observer
 from torchshrink.registry import Context, register
 
@@ -167,12 +167,7 @@ def apply_static_int8(model: nn.Module, config: StaticInt8, ctx: Context) -> nn.
         per_channel = not shares_values(params.chain(m))
         q = StaticInt8Layer(ops[name], bias=m.bias is not None, act_bits=config.activation_bits,
                             per_channel=per_channel)
-        codes, scale = quantize_int8_weight(weight_of(m), per_channel)
-        q.weight_int8.copy_(codes)
-        q.weight_scale.copy_(scale)
-        b = bias_of(m)
-        if b is not None and q.bias is not None:
-            q.bias.copy_(b)
+        load_int8_weights(q, m, per_channel)
         for which, obs in zip(("in", "out"), observers[name]):
             s, z = obs.qparams(eff_bits, symmetric=False)
             getattr(q, f"{which}_scale").fill_(s)
