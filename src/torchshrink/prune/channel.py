@@ -22,7 +22,7 @@ from torchshrink.errors import ConfigError, UnsupportedModelError
 from torchshrink.nn import params, select_layers, set_module
 from torchshrink.nn.graph import DependencyGraph, is_attention_like, trace_dependencies
 from torchshrink.prune.attention import PrunedMultiheadAttention
-from torchshrink.prune.criteria import iter_calibration, require_data
+from torchshrink.prune.criteria import iter_calibration, labeled_batches, require_data, to_device
 from torchshrink.prune.mask import PruningMask, mask_of, set_mask
 from torchshrink.registry import Context, register
 from torchshrink.train import default_loss, unwrap_batch
@@ -141,11 +141,7 @@ def _taylor_scores(sc: _Scorer, calibration: Iterable[Any], limit: int, squared:
     model.eval()
     n = 0
     try:
-        for batch in iter_calibration(calibration, limit):
-            batch = _move(batch, dev)
-            if unwrap_batch(batch)[1] is None:
-                raise ConfigError("criterion 'taylor'/'fisher' needs labeled calibration batches (input, target)")
-            model.zero_grad(set_to_none=True)
+        for batch in labeled_batches(model, calibration, limit, dev):
             default_loss(model, batch).backward()
             for i, (_, t, dim) in enumerate(entries):
                 if t.grad is None:
@@ -189,7 +185,7 @@ def _activation_scores(sc: _Scorer, gm: fx.GraphModule, calibration: Iterable[An
     try:
         with torch.no_grad():
             for batch in iter_calibration(calibration, limit):
-                x, _ = unwrap_batch(_move(batch, dev))
+                x, _ = unwrap_batch(to_device(batch, dev))
                 Rec(gm).run(*(x if isinstance(x, tuple) else (x,)))
                 count += 1
     finally:
@@ -206,14 +202,6 @@ def _activation_scores(sc: _Scorer, gm: fx.GraphModule, calibration: Iterable[An
         fallback.magnitude("l1")
         for r in missing:
             sc.scores[r] = fallback.scores[r]
-
-
-def _move(batch: Any, dev: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(dev)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_move(b, dev) for b in batch)
-    return batch
 
 
 # -- surgery -----------------------------------------------------------------------------------

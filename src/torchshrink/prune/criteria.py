@@ -21,7 +21,7 @@ OBS saliency of removing one weight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -59,11 +59,12 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _to(x: Any, dev: torch.device) -> Any:
+def to_device(x: Any, dev: torch.device) -> Any:
+    """A batch (tensor, or nested tuple/list of them) moved to `dev`; other values as they are."""
     if isinstance(x, torch.Tensor):
         return x.to(dev)
     if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, dev) for v in x)
+        return type(x)(to_device(v, dev) for v in x)
     return x
 
 
@@ -135,7 +136,7 @@ def collect_inputs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], ca
     try:
         with torch.no_grad():
             for batch in iter_calibration(calibration, limit):
-                x, _ = unwrap_batch(_to(batch, dev))
+                x, _ = unwrap_batch(to_device(batch, dev))
                 model(x)
     finally:
         for h in handles:
@@ -145,6 +146,18 @@ def collect_inputs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], ca
     if empty:
         raise ConfigError(f"calibration data never reached layers {empty}; check the loader is not empty")
     return stats
+
+
+def labeled_batches(model: nn.Module, calibration: Iterable[Any], limit: int | None,
+                    dev: torch.device) -> Iterator[Any]:
+    """Labeled calibration batches on `dev`, with the model's gradients cleared before each, for
+    the gradient criteria (Taylor/Fisher); an unlabeled batch is a ConfigError."""
+    for batch in iter_calibration(calibration, limit):
+        batch = to_device(batch, dev)
+        if unwrap_batch(batch)[1] is None:
+            raise ConfigError("criterion 'taylor'/'fisher' needs labeled calibration batches (input, target)")
+        model.zero_grad(set_to_none=True)
+        yield batch
 
 
 def collect_grads(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any],
@@ -158,12 +171,7 @@ def collect_grads(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cal
     was = model.training
     model.eval()  # BatchNorm running stats must not move while we only score
     try:
-        for batch in iter_calibration(calibration, limit):
-            batch = _to(batch, dev)
-            _, y = unwrap_batch(batch)
-            if y is None:
-                raise ConfigError("criterion 'taylor'/'fisher' needs labeled calibration batches (input, target)")
-            model.zero_grad(set_to_none=True)
+        for batch in labeled_batches(model, calibration, limit, dev):
             with parametrize.cached():
                 weights = {n: weight_of(m) for n, m in layers}
                 for w in weights.values():
