@@ -142,8 +142,6 @@ def test_paper_style_bits_counts_fixed_width_positions() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="against the CLI's stronger baselines (shifts + label smoothing, "
-                   "97.1%/97.9%) the shipped recipes lose ~1 point at 45x/58x; see bench/results")
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
 def test_deep_compression_mnist5k_40x_within_0_2_points(model: str, tmp_path: Path) -> None:
     """The issue's bar, on the file read back: >= 40x smaller than dense fp32, <= 0.2 points lost."""
