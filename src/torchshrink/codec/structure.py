@@ -86,24 +86,22 @@ def parametrization_codec(p: nn.Module) -> TypeCodec | None:
     return _lookup_by_type(_PARAMETRIZATIONS, p)
 
 
-def module_codec_by_name(name: str) -> TypeCodec:
+def _lookup_by_name(table: dict[str, TypeCodec], name: str, what: str) -> TypeCodec:
     try:
-        return _MODULES[name]
+        return table[name]
     except KeyError as e:
         raise ArtifactError(
-            f"artifact uses module type {name!r}, which this torchshrink does not know; "
+            f"artifact uses {what} {name!r}, which this torchshrink does not know; "
             "upgrade torchshrink or import the package that registers it"
         ) from e
+
+
+def module_codec_by_name(name: str) -> TypeCodec:
+    return _lookup_by_name(_MODULES, name, "module type")
 
 
 def parametrization_codec_by_name(name: str) -> TypeCodec:
-    try:
-        return _PARAMETRIZATIONS[name]
-    except KeyError as e:
-        raise ArtifactError(
-            f"artifact uses parametrization {name!r}, which this torchshrink does not know; "
-            "upgrade torchshrink or import the package that registers it"
-        ) from e
+    return _lookup_by_name(_PARAMETRIZATIONS, name, "parametrization")
 
 
 # Standard layers whose shape a structural method may change. Their spec is the constructor
