@@ -35,6 +35,11 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchshrink as ts
 from torchshrink.distill import fewer_blocks, make_distill_loss, mlp
 
+# Running the script puts bench/ on sys.path; tests load this file by path, so add it here too.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "distill.json"
 
 FULL = {"teacher_epochs": 30, "student_epochs": 60, "lenet_epochs": 20, "finetune_epochs": 20,
@@ -175,10 +180,8 @@ def gpt(cfg: dict[str, int], log: Any = print) -> dict[str, Any]:
 
 
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """Plain columns; the first row is the header."""
+    return table(rows[0], rows[1:], style="plain")
 
 
 def render(res: dict[str, Any]) -> str:

@@ -30,19 +30,11 @@ import torch
 from torch import nn
 
 import torchshrink as ts
+from _common import table
 from torchshrink.lowrank import chosen_ranks, count_params, spectrum
 from torchshrink.measure.macs import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lowrank.json"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
 def macs(model: nn.Module, x: torch.Tensor) -> int:

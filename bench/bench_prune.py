@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import _common
 import torchshrink as ts
 from torchshrink.prune import count_macs, remove_masks
 from torchshrink.prune.sparse import time_call
@@ -35,12 +36,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells[1:]]
-    return "\n".join(lines)
+    """This script's tables: a title line, then plain columns with floats to 4 significant digits."""
+    return _common.table(header, rows, style="plain", title=title, float_format=".4g")
 
 
 LATENCY_THREADS = 1

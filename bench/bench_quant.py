@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import torchshrink as ts
+from _common import table
 from torchshrink import data, models
 from torchshrink.train import evaluate, fit
 
@@ -39,15 +40,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quant.json"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
-    return "\n".join(out)
-
 
 def acc(model: nn.Module, loader: Any) -> float:
     return round(evaluate(model, loader)["accuracy"], 2)
