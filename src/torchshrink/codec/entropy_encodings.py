@@ -316,21 +316,6 @@ def _background(symbols: np.ndarray, a: int) -> int:
     return int(np.argmax(np.bincount(symbols, minlength=a)))
 
 
-def _sparse_symbols(tensor: torch.Tensor, w: Writer) -> tuple[np.ndarray, int, int, np.ndarray] | None:
-    """(symbols, A, background symbol, non-background positions) with the alphabet written to
-    `w`, or None when the tensor is not sparse enough for a sparse format to beat the dense
-    coders."""
-    sym = symbolize(tensor, w)
-    if sym is None:
-        return None
-    s, a = sym
-    bg = _background(s, a)
-    pos = np.flatnonzero(s != bg)
-    if pos.size == 0 or pos.size > s.size // 2:
-        return None
-    return s, a, bg, pos
-
-
 def _write_escaped_gaps(w: Writer, pos: np.ndarray) -> None:
     """Sorted positions as escaped relative gaps: cap, count, then the ANS-coded gaps."""
     cap = sparse.best_cap(pos)
@@ -351,21 +336,30 @@ def _read_escaped_gaps(r: Reader, n: int) -> np.ndarray:
     return pos
 
 
-class SparseAnsEncoding:
-    """Escaped relative gaps (ANS) for the non-background positions, plus their values (ANS)."""
+class _SparseEncoding:
+    """The frame the sparse symbol coders share: alphabet, background symbol, then the
+    subclass's positions and values of the non-background elements."""
 
-    name = "sparse_ans"
+    name = ""
+
+    def _encode_sparse(self, w: Writer, s: np.ndarray, a: int, bg: int, pos: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _decode_sparse(self, r: Reader, n: int, a: int, bg: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, symbols there) of the non-background elements."""
+        raise NotImplementedError
 
     def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
         w = Writer()
-        sparse_sym = _sparse_symbols(tensor, w)
-        if sparse_sym is None:
+        sym = symbolize(tensor, w)
+        if sym is None:
             return None
-        s, a, bg, pos = sparse_sym
-        _write_escaped_gaps(w.varint(bg), pos)
-        vals = s[pos]
-        # The values never take the background symbol; remap to keep the table tight.
-        _write_ans(w, np.where(vals > bg, vals - 1, vals), max(1, a - 1))
+        s, a = sym
+        bg = _background(s, a)
+        pos = np.flatnonzero(s != bg)
+        if pos.size == 0 or pos.size > s.size // 2:
+            return None  # not sparse: the dense coders do better
+        self._encode_sparse(w.varint(bg), s, a, bg, pos)
         return w.bytes(), {}
 
     @_guarded
@@ -375,26 +369,37 @@ class SparseAnsEncoding:
         r = Reader(payload)
         alphabet, a = read_alphabet(r, dtype)
         bg = r.varint(a - 1)
-        pos = _read_escaped_gaps(r, n)
-        vals = _read_ans(r, max(1, a - 1), pos.size)
+        pos, vals = self._decode_sparse(r, n, a, bg)
         r.done()
         out = np.full(n, bg, dtype=np.int64)
-        out[pos] = np.where(vals >= bg, vals + 1, vals)
+        out[pos] = vals
         return desymbolize(out, alphabet, shape, dtype)
 
 
-class SparseFixedEncoding:
+class SparseAnsEncoding(_SparseEncoding):
+    """Escaped relative gaps (ANS) for the non-background positions, plus their values (ANS)."""
+
+    name = "sparse_ans"
+
+    def _encode_sparse(self, w: Writer, s: np.ndarray, a: int, bg: int, pos: np.ndarray) -> None:
+        _write_escaped_gaps(w, pos)
+        vals = s[pos]
+        # The values never take the background symbol; remap to keep the table tight.
+        _write_ans(w, np.where(vals > bg, vals - 1, vals), max(1, a - 1))
+
+    def _decode_sparse(self, r: Reader, n: int, a: int, bg: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = _read_escaped_gaps(r, n)
+        vals = _read_ans(r, max(1, a - 1), pos.size)
+        return pos, np.where(vals >= bg, vals + 1, vals)
+
+
+class SparseFixedEncoding(_SparseEncoding):
     """Deep Compression's format: fixed-width relative gaps with filler entries, and the values
     (fillers store the background value) Huffman-coded. The gap width is chosen per tensor."""
 
     name = "sparse_fixed"
 
-    def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
-        w = Writer()
-        sparse_sym = _sparse_symbols(tensor, w)
-        if sparse_sym is None:
-            return None
-        s, a, bg, pos = sparse_sym
+    def _encode_sparse(self, w: Writer, s: np.ndarray, a: int, bg: int, pos: np.ndarray) -> None:
         best: tuple[int, bytes] | None = None
         for bits in range(1, 13):
             gaps, filler = sparse.fixed_gaps(pos, bits)
@@ -406,16 +411,9 @@ class SparseFixedEncoding:
             if best is None or len(data) < len(best[1]):
                 best = (bits, data)
         assert best is not None
-        w.varint(bg).raw(bytes([best[0]])).raw(best[1])
-        return w.bytes(), {}
+        w.raw(bytes([best[0]])).raw(best[1])
 
-    @_guarded
-    def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...],
-               dtype: torch.dtype) -> torch.Tensor:
-        n = _numel(shape)
-        r = Reader(payload)
-        alphabet, a = read_alphabet(r, dtype)
-        bg = r.varint(a - 1)
+    def _decode_sparse(self, r: Reader, n: int, a: int, bg: int) -> tuple[np.ndarray, np.ndarray]:
         bits = r.raw(1)[0]
         if not 1 <= bits <= 12:
             raise ValueError("bad gap width")
@@ -424,11 +422,7 @@ class SparseFixedEncoding:
         pos = sparse.fixed_positions(gaps)
         if pos.size and pos[-1] >= n:
             raise ValueError("sparse positions run past the tensor")
-        vals = _read_huffman(r, a, count)
-        r.done()
-        out = np.full(n, bg, dtype=np.int64)
-        out[pos] = vals
-        return desymbolize(out, alphabet, shape, dtype)
+        return pos, _read_huffman(r, a, count)
 
 
 class SparseRawEncoding:
