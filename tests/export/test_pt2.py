@@ -40,8 +40,8 @@ def test_pt2_loads_without_torchshrink(tmp_path: object) -> None:
     code = (
         "import sys, torch\n"
         f"m = torch.export.load({path!r}).module()\n"
-        f"got = m(torch.load({str(tmp_path) + '/x.pt'!r}))\n"
-        f"assert torch.equal(got, torch.load({str(tmp_path) + '/want.pt'!r}))\n"
+        f"got = m(torch.load({str(tmp_path) + '/x.pt'!r}, weights_only=True))\n"
+        f"assert torch.equal(got, torch.load({str(tmp_path) + '/want.pt'!r}, weights_only=True))\n"
         "assert not any(k.startswith('torchshrink') for k in sys.modules), 'needed torchshrink'\n"
         "print('ok')\n"
     )
