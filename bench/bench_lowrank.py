@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -32,6 +33,7 @@ from torch import nn
 import torchshrink as ts
 from _common import table
 from torchshrink.lowrank import chosen_ranks, count_params, spectrum
+from torchshrink.measure.latency import interleaved_times
 from torchshrink.measure.macs import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lowrank.json"
@@ -112,14 +114,9 @@ def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup:
     shared machine's load hit every model alike; median and quartiles in ms."""
     for m in models.values():
         m.eval()
-        for _ in range(warmup):
-            m(x)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m(x)
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    per = interleaved_times({k: functools.partial(m, x) for k, m in models.items()}, rounds=repeats,
+                            warmup=warmup)
+    times = {k: [ms for r in v for ms in r] for k, v in per.items()}
     out = {}
     for k, v in times.items():
         q = statistics.quantiles(v, n=4)

@@ -271,3 +271,13 @@ def test_bad_inputs_are_clear_errors() -> None:
         ts.measure(nn.Linear(3, 3), latency=False)
     with pytest.raises(ConfigError, match="runs must be >= 1"):
         time_forward(model, torch.zeros(1, 784), runs=0)
+
+
+def test_interleaved_times_shape_and_order_of_calls() -> None:
+    from torchshrink.measure.latency import interleaved_times
+
+    calls: list[str] = []
+    out = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                            rounds=3, per_round=2, warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then interleaved rounds
+    assert [len(r) for r in out["a"]] == [2, 2, 2] and all(t >= 0 for r in out["b"] for t in r)

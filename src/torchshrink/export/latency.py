@@ -9,15 +9,13 @@ calls. Drifts in machine load hit every target alike.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchshrink.errors import ConfigError
-from torchshrink.measure.latency import LatencyStats, num_threads, stats_from
+from torchshrink.measure.latency import LatencyStats, interleaved_times, num_threads, stats_from
 
 __all__ = ["Target", "interleaved", "torch_target", "ort_target", "RUNTIMES"]
 
@@ -56,21 +54,11 @@ def ort_target(path: str, inputs: tuple[torch.Tensor, ...], *, threads: int | No
 def interleaved(targets: Sequence[Target], *, rounds: int = 15, per_round: int = 3, warmup: int = 3,
                 threads: int | None = 1) -> dict[str, LatencyStats]:
     """Time every target in interleaved rounds; milliseconds per call, keyed by label."""
-    if rounds < 1 or per_round < 1:
-        raise ConfigError(f"rounds and per_round must be >= 1, got {rounds} and {per_round}")
-    times: dict[str, list[float]] = {t.label: [] for t in targets}
     with num_threads(threads) as used:
-        for t in targets:
-            for _ in range(warmup):
-                t.fn()
-        for _ in range(rounds):
-            for t in targets:
-                for _ in range(per_round):
-                    t0 = time.perf_counter_ns()
-                    t.fn()
-                    times[t.label].append((time.perf_counter_ns() - t0) / 1e6)
-    return {t.label: stats_from(times[t.label], batch=t.batch, threads=used, warmup=warmup) for t in targets}
-
+        per = interleaved_times({t.label: t.fn for t in targets}, rounds=rounds, per_round=per_round,
+                                warmup=warmup)
+    return {t.label: stats_from([ms for r in per[t.label] for ms in r], batch=t.batch, threads=used,
+                                warmup=warmup) for t in targets}
 
 def table(rows: Sequence[tuple[str, LatencyStats]], *, baseline: str | None = None) -> str:
     """A plain-text table: median, IQR, min-max, per sample, and speed-up over `baseline`."""

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from torchshrink.errors import ConfigError
 from torchshrink.measure.macs import call
 
-__all__ = ["LatencyStats", "time_forward", "num_threads"]
+__all__ = ["LatencyStats", "time_forward", "num_threads", "interleaved_times"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,3 +124,29 @@ def time_forward(model: nn.Module, example: Any, *, runs: int = 50, warmup: int 
     finally:
         model.train(was_training)
     return stats_from(times, batch=batch, threads=used, warmup=warmup)
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, rounds: int, per_round: int = 1,
+                      warmup: int = 1) -> dict[str, list[list[float]]]:
+    """Milliseconds per call of each function, timed side by side: `warmup` untimed calls of
+    each, then `rounds` rounds in which every function runs `per_round` times back to back
+    (A A B B, A A B B, ...), so drifts in a shared machine's load hit every function alike.
+
+    Returns, per name, one list of timings per round; callers pick their statistic (all
+    timings pooled, or the fastest of each round against preemption spikes).
+    """
+    if rounds < 1 or per_round < 1:
+        raise ConfigError(f"rounds and per_round must be >= 1, got {rounds} and {per_round}")
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    out: dict[str, list[list[float]]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            times = []
+            for _ in range(per_round):
+                t0 = time.perf_counter_ns()
+                f()
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+            out[k].append(times)
+    return out

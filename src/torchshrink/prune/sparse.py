@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_range
+from torchshrink.measure.latency import interleaved_times
 from torchshrink.nn import select_layers, set_module
 from torchshrink.prune.mask import weight_of
 from torchshrink.registry import Context, register
@@ -94,23 +94,12 @@ register_module(
 
 
 def time_call(fns: dict[str, Callable[[], Any]], *, rounds: int = 7, inner: int = 5) -> dict[str, float]:
-    """Seconds per call for each function, measured side by side: every round runs each
-    function `inner` times back to back (interleaved across functions), keeps the fastest,
-    and the result is the median over rounds. The fastest-of-round resists the preemption
-    spikes of a shared CPU; the median over rounds resists slow drifts."""
-    per: dict[str, list[float]] = {k: [] for k in fns}
+    """Seconds per call for each function, measured side by side: the fastest of `inner`
+    back-to-back calls in each round (resists the preemption spikes of a shared CPU), then the
+    median over rounds (resists slow drifts)."""
     with torch.no_grad():
-        for f in fns.values():
-            f()  # warm-up: allocator, kernels, lazy init
-        for _ in range(rounds):
-            for k, f in fns.items():
-                best = float("inf")
-                for _ in range(inner):
-                    t0 = time.perf_counter()
-                    f()
-                    best = min(best, time.perf_counter() - t0)
-                per[k].append(best)
-    return {k: sorted(v)[len(v) // 2] for k, v in per.items()}
+        per = interleaved_times(fns, rounds=rounds, per_round=inner, warmup=1)
+    return {k: sorted(min(r) for r in v)[len(v) // 2] / 1e3 for k, v in per.items()}
 
 
 def _apply(model: nn.Module, config: SparseExecution, ctx: Context) -> nn.Module:
