@@ -63,8 +63,15 @@ def test_other_bad_input_words() -> None:
         ts.SvdFactorization(rank=8, budget_params=1000)
     with pytest.raises(ConfigError, match=r"budget_params as a float is a fraction .* got 2.5"):
         ts.SvdFactorization(budget_params=2.5)
-    with pytest.raises(ConfigError, match=r"score='loss' .* needs budget_params= or budget_macs="):
+    with pytest.raises(ConfigError, match=r"score='loss' .* needs budget_params=, budget_macs= or budget_latency="):
         ts.SvdFactorization(score="loss")
+    with pytest.raises(ConfigError, match=r"solver='lagrangian' takes one budget, got budget_params, budget_macs"):
+        ts.SvdFactorization(budget_params=0.5, budget_macs=0.5, solver="lagrangian")
+    for bad in (0.0, 1.0, 2, 1.5):
+        with pytest.raises(ConfigError, match=r"budget_latency is a fraction of the model's measured time in \(0, 1\)"):
+            ts.SvdFactorization(budget_latency=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"latency_rounds must be >= 1, got 0"):
+        ts.SvdFactorization(budget_latency=0.5, latency_rounds=0)
     with pytest.raises(ConfigError, match=r"SvdFactorization.mode must be .*got .tucker."):
         ts.SvdFactorization(mode="tucker")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"score='loss' measures each layer with evaluate"):

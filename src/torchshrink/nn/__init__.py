@@ -1,6 +1,7 @@
 """The only code that walks or edits a model: layer selection, module swaps, parametrizations."""
 
 from torchshrink.nn import params
+from torchshrink.nn.batchnorm import recalibrate_batchnorm
 from torchshrink.nn.select import (
     DEFAULT_TYPES,
     check_per_layer_patterns,
@@ -17,6 +18,7 @@ __all__ = [
     "matches",
     "params",
     "parent_of",
+    "recalibrate_batchnorm",
     "resolve_per_layer",
     "select_layers",
     "set_module",
