@@ -463,7 +463,9 @@ def _meet_latency(model: nn.Module, config: SvdFactorization, ctx: Context, spec
         for _ in range(config.latency_retries + 1):
             ranks = _solve(problem, config, pinned)
             if tried and ranks == tried[-1][2]:
-                break  # another budget (or the floor) pins the choice; timing it again adds nothing
+                # another budget (or the floor) pins the choice; timing it again adds nothing
+                tried.append((tried[-1][0], float(problem.budget[k]), ranks))
+                break
             swaps = {n: (mods[n].module, factorize_layer(mods[n], r).eval()) for n, r in ranks.items() if r is not None}
             ratio = model_time_ratio(model, swaps, example, rounds=config.latency_rounds) if swaps else 1.0
             for n, (old, _) in swaps.items():
@@ -477,8 +479,8 @@ def _meet_latency(model: nn.Module, config: SvdFactorization, ctx: Context, spec
     met = [t for t in tried if t[0] <= _TOL * target]
     if met:
         return max(met, key=lambda t: t[1])[2]
-    ratio, budget, ranks = min(tried, key=lambda t: t[0])
-    if budget <= floor * (1 + 1e-9):
+    ratio, budget, ranks = min(tried, key=lambda t: (t[0], t[1]))
+    if min(t[1] for t in tried) <= floor * (1 + 1e-9):
         raise ConfigError(
             f"budget_latency={target} cannot be met on this machine: the smallest reachable time, every "
             f"factorizable layer at its fastest measured option, is {ratio:.3f} of the model's (measured at the "
