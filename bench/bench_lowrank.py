@@ -8,9 +8,19 @@ Sections (all in bench/results/lowrank.json, tables printed):
 2. LeNet-300-100 on mnist5k at one parameter count (~4x fewer): uniform ratio vs budgeted rank
    selection (greedy / Lagrangian over spectra, greedy over measured validation loss) vs the
    peer tensorly-torch (Tucker-factorized layers), each fine-tuned with the same schedule.
-3. ResNet-small on mnist5k at half the MACs: budgeted (channel and spatial SVD), uniform ratio
-   and tensorly-torch Tucker, accuracy after fine-tuning and latency at batch 32 measured with
-   interleaved repeats (medians) against the fp32 model in this same run.
+3. ResNet-small on mnist5k at half the MACs: budgeted by MACs (channel and spatial SVD),
+   budgeted by MACs and measured latency together (`budget_latency`), uniform ratio and
+   tensorly-torch Tucker; accuracy before fine-tuning (after BatchNorm recalibration on 8
+   training batches) and after it, and latency at batch 32 measured with interleaved repeats
+   (medians) against the fp32 model in this same run.
+
+Allocator: glibc by default hands every large freed buffer back to the OS and page-faults it in
+again on the next call, which adds about the same milliseconds to every model at batch 32 (a
+third of resnet_small's time here) and dilutes every speed-up. Deployments avoid it with
+jemalloc/tcmalloc or these settings, so the run re-executes itself with glibc told to keep its
+memory (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_/MALLOC_TOP_PAD_) unless --allocator default;
+the same models are then timed again in a child process with glibc's defaults, and both columns
+are reported.
 """
 
 from __future__ import annotations
@@ -19,9 +29,12 @@ import argparse
 import copy
 import functools
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +48,7 @@ from _common import table
 from torchshrink.lowrank import chosen_ranks, count_params, spectrum
 from torchshrink.measure.latency import interleaved_times
 from torchshrink.measure.macs import count_macs
+from torchshrink.nn import recalibrate_batchnorm
 
 RESULTS = Path(__file__).resolve().parent / "results" / "lowrank.json"
 
@@ -123,6 +137,29 @@ def latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup:
         out[k] = {"median_ms": statistics.median(v), "p25_ms": q[0], "p75_ms": q[2], "min_ms": min(v),
                   "repeats": len(v)}
     return out
+
+
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000",
+                "MALLOC_TOP_PAD_": "1000000000"}
+
+
+def allocator() -> str:
+    return "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
+
+
+def latency_in_child(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int,
+                     tuned: bool) -> dict[str, dict[str, float]]:
+    """The same interleaved timing in a fresh process under the other allocator regime (the
+    models travel as a pickled file this run wrote itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
+    if tuned:
+        env.update(TUNED_MALLOC)
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d) / "models.pt", Path(d) / "latency.json"
+        torch.save({"models": models, "x": x}, src)
+        subprocess.run([sys.executable, __file__, "--latency-child", str(src), str(out), "--threads", str(threads),
+                        "--repeats", str(repeats)], env=env, check=True)
+        return json.loads(out.read_text())
 
 
 def load_average() -> float | None:
@@ -220,30 +257,49 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
     print(f"resnet_small baseline: {base_acc:.2f}% test, {m0:,} MACs ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     b = args.resnet_macs
+    xb = ts.models.example_input(base, 32)
+    calib = [batch for _, batch in zip(range(8), train)]
     variants: dict[str, tuple[nn.Module, str]] = {}
     for mode, frac in (("channel", b), ("spatial", b), ("channel", args.resnet_macs_low)):
         cfg = ts.SvdFactorization(budget_macs=frac, mode=mode)  # type: ignore[arg-type]
-        variants[f"budget {frac} greedy ({mode})"] = (ts.factorize(copy.deepcopy(base), cfg, example=x1),
-                                                      f"SvdFactorization(budget_macs={frac}, mode='{mode}')")
+        variants[f"MACs {frac} ({mode})"] = (ts.factorize(copy.deepcopy(base), cfg, example=x1, calibration=calib),
+                                             f"SvdFactorization(budget_macs={frac}, mode='{mode}')")
+    t1 = time.perf_counter()
+    lat_cfg = ts.SvdFactorization(budget_macs=b, budget_latency=args.resnet_latency)
+    variants[f"MACs {b} + latency {args.resnet_latency} (channel)"] = (
+        ts.factorize(copy.deepcopy(base), lat_cfg, example=xb, calibration=calib, progress=False),
+        f"SvdFactorization(budget_macs={b}, budget_latency={args.resnet_latency}), example batch 32")
+    lat_select_s = time.perf_counter() - t1
+    print(f"  latency-budgeted selection took {lat_select_s:.1f} s", flush=True)
     q, uni = match(lambda q: ts.factorize(copy.deepcopy(base), ts.SvdFactorization(ratio=q)),
                    lambda m: macs(m, x1), b * m0, iters=8)
+    recalibrate_batchnorm(uni, calib)
     variants[f"uniform {b} ratio (channel)"] = (uni, f"SvdFactorization(ratio={q:.3f}) (MACs matched <= budget)")
     if _tltorch() is not None:
         q, peer = match(lambda q: tltorch_factorize(base, q, (nn.Conv2d,)), lambda m: macs(m, x1), b * m0, iters=7)
+        recalibrate_batchnorm(peer, calib)
         variants[f"tensorly-torch Tucker {b}"] = (peer, f"tltorch Tucker conv rank={q:.3f} (MACs matched <= budget)")
 
-    # Latency first (weights do not change speed), all models interleaved in one loop.
-    xb = ts.models.example_input(base, 32)
+    # Latency first (weights do not change speed), all models interleaved in one loop, then the
+    # same models in a child process under the other allocator regime.
+    timed = {"fp32": base, **{k: v for k, (v, _) in variants.items()}}
     load_before = load_average()
-    lat = latency({"fp32": base, **{k: v for k, (v, _) in variants.items()}}, xb, args.repeats)
+    lat = latency(timed, xb, args.repeats)
     load_after = load_average()
+    here = allocator()
+    other = latency_in_child(timed, xb, args.repeats, args.threads, tuned=here != "tuned")
+    lat_by = {here: lat, ("default" if here == "tuned" else "tuned"): other}
     fp32_ms, fp32_min = lat["fp32"]["median_ms"], lat["fp32"]["min_ms"]
-    print(f"  latency done: fp32 {fp32_ms:.1f} ms (load average {load_before} -> {load_after})", flush=True)
+    print(f"  latency done: fp32 {fp32_ms:.1f} ms with the {here} allocator, {other['fp32']['median_ms']:.1f} ms "
+          f"with the other (load average {load_before} -> {load_after})", flush=True)
 
     rows, out = [], []
-    out.append(["fp32 baseline", f"{m0:,}", "1.00", f"{n0:,}", f"{fp32_ms:.1f}",
-                f"[{lat['fp32']['p25_ms']:.1f}, {lat['fp32']['p75_ms']:.1f}]", "1.00x", f"{fp32_min:.1f}", "1.00x",
-                "-", f"{base_acc:.2f}", "0.00"])
+    def cols(label: str) -> list[str]:
+        return [f"{lat_by[a][label]['median_ms']:.1f} ({lat_by[a]['fp32']['median_ms'] / lat_by[a][label]['median_ms']:.2f}x)"
+                for a in ("tuned", "default")]
+
+    out.append(["fp32 baseline", f"{m0:,}", "1.00", f"{n0:,}", *cols("fp32"),
+                f"[{lat['fp32']['p25_ms']:.1f}, {lat['fp32']['p75_ms']:.1f}]", "-", f"{base_acc:.2f}", "0.00"])
     for label, (m, how) in variants.items():
         before = acc(m, test)
         fit(m, train, val, args.ft_epochs_resnet, 5e-4)
@@ -251,16 +307,22 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
         mm, n, L = macs(m, x1), count_params(m), lat[label]
         rows.append({"variant": label, "config": how, "macs": mm, "macs_fraction": mm / m0, "params": n,
                      "latency_b32": L, "speedup": fp32_ms / L["median_ms"],
-                     "speedup_min": fp32_min / L["min_ms"], "ranks": chosen_ranks(m),
+                     "speedup_min": fp32_min / L["min_ms"],
+                     "latency_b32_by_allocator": {a: v[label] for a, v in lat_by.items()},
+                     "speedup_by_allocator": {a: v["fp32"]["median_ms"] / v[label]["median_ms"]
+                                              for a, v in lat_by.items()},
+                     "ranks": chosen_ranks(m),
                      "test_acc_before_ft": before, "test_acc_after_ft": after, "drop_points": base_acc - after})
-        out.append([label, f"{mm:,}", f"{mm / m0:.3f}", f"{n:,}", f"{L['median_ms']:.1f}",
-                    f"[{L['p25_ms']:.1f}, {L['p75_ms']:.1f}]", f"{fp32_ms / L['median_ms']:.2f}x",
-                    f"{L['min_ms']:.1f}", f"{fp32_min / L['min_ms']:.2f}x", f"{before:.2f}", f"{after:.2f}", f"{base_acc - after:+.2f}"])
+        out.append([label, f"{mm:,}", f"{mm / m0:.3f}", f"{n:,}", *cols(label),
+                    f"[{L['p25_ms']:.1f}, {L['p75_ms']:.1f}]", f"{before:.2f}", f"{after:.2f}", f"{base_acc - after:+.2f}"])
         print(f"  {label}: MACs {mm / m0:.3f}, {before:.2f} -> {after:.2f}", flush=True)
-    header = ["resnet_small / mnist5k", "MACs/sample", "MAC frac", "params", "ms @ b32 (median)", "IQR ms",
-              "speedup (median)", "ms (min)", "speedup (min)", "test acc no FT", f"test acc FT {args.ft_epochs_resnet} ep", "drop"]
+    header = ["resnet_small / mnist5k", "MACs/sample", "MAC frac", "params", "ms @ b32, tuned alloc (speed-up)",
+              "ms @ b32, glibc default (speed-up)", f"IQR ms ({here})", "test acc no FT (BN recal.)",
+              f"test acc FT {args.ft_epochs_resnet} ep", "drop"]
     res = {"baseline_test_acc": base_acc, "baseline_macs": m0, "baseline_params": n0, "fp32_latency_b32": lat["fp32"],
-           "mac_budget": b, "load_average_during_latency": [load_before, load_after], "variants": rows}
+           "fp32_latency_b32_by_allocator": {a: v["fp32"] for a, v in lat_by.items()}, "allocator_here": here,
+           "mac_budget": b, "latency_budget": args.resnet_latency, "latency_selection_seconds": lat_select_s,
+           "load_average_during_latency": [load_before, load_after], "variants": rows}
     return res, [table(header, out)]
 
 
@@ -271,15 +333,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lenet-ratio", type=float, default=0.24, help="uniform kept-parameter ratio for lenet300")
     p.add_argument("--resnet-macs", type=float, default=0.5, help="MAC budget (fraction) for resnet_small")
     p.add_argument("--resnet-macs-low", type=float, default=0.35, help="a second, tighter MAC budget")
+    p.add_argument("--resnet-latency", type=float, default=0.64,
+                   help="latency budget (fraction of fp32) combined with the MAC budget")
+    p.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                   help="glibc regime for this process (the other one is timed in a child process)")
+    p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 60, 5 with --quick)")
+    p.add_argument("--latency-child", nargs=2, metavar=("MODELS", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.latency_child:
+        src, dst = args.latency_child
+        blob = torch.load(src, weights_only=False)  # written by this same run a moment ago
+        Path(dst).write_text(json.dumps(latency(blob["models"], blob["x"], args.repeats)))
+        return 0
+    if args.allocator == "tuned" and allocator() != "tuned" and argv is None:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
     q = args.quick
     args.base_epochs_lenet, args.ft_epochs_lenet = (3, 1) if q else (20, 10)
     args.base_epochs_resnet, args.ft_epochs_resnet = (1, 1) if q else (6, 3)
-    args.repeats = 5 if q else 60
+    args.repeats = args.repeats or (5 if q else 60)
     MAX_STEPS[0] = 15 if q else None
     MATCH_ITERS[0] = 4 if q else None
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     lenet, lenet_tables = lenet300_section(args)
     resnet, resnet_tables = resnet_section(args)
@@ -290,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                  "peer": f"tensorly-torch {tl.__version__}" if tl is not None else "tensorly-torch not installed",
                  "epochs": {"lenet_base": args.base_epochs_lenet, "lenet_ft": args.ft_epochs_lenet,
                             "resnet_base": args.base_epochs_resnet, "resnet_ft": args.ft_epochs_resnet},
-                 "latency_repeats": args.repeats},
+                 "latency_repeats": args.repeats, "allocator": allocator(),
+                 "tuned_allocator_env": TUNED_MALLOC},
         "lenet300": lenet,
         "resnet_small": resnet,
     }
@@ -304,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(resnet_tables[0])
     lavg = resnet["load_average_during_latency"]
-    print(f"\nthreads={args.threads}, latency: {args.repeats} interleaved repeats, batch 32, medians (and minima, "
-          f"the least disturbed run) on {platform.processor() or platform.machine()}, 1-min load average "
-          f"{lavg[0]} -> {lavg[1]} during the latency loop;"
-          f" MACs traced by ts.measure (FlopCounterMode); "
-          f"{result['meta']['peer']}; total {result['meta']['seconds']:.0f} s; wrote {args.out}")
+    print(f"\nthreads={args.threads}, latency: {args.repeats} interleaved repeats, batch 32, medians, on "
+          f"{platform.processor() or platform.machine()}; this process ran with the {allocator()} allocator and "
+          f"timed the other regime in a child process; 1-min load average {lavg[0]} -> {lavg[1]} during the "
+          f"latency loop; MACs traced by ts.measure (FlopCounterMode); {result['meta']['peer']}; "
+          f"total {result['meta']['seconds']:.0f} s; wrote {args.out}")
     return 0
 
 
