@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -281,3 +282,19 @@ def test_interleaved_times_shape_and_order_of_calls() -> None:
                             rounds=3, per_round=2, warmup=1)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then interleaved rounds
     assert [len(r) for r in out["a"]] == [2, 2, 2] and all(t >= 0 for r in out["b"] for t in r)
+
+
+def test_time_forward_counts_page_faults_per_call() -> None:
+    model = ts.models.create("lenet300")
+    stats = time_forward(model, ts.models.example_input(model, 2), runs=3, warmup=1, threads=1)
+    if sys.platform.startswith("linux"):
+        assert stats.page_faults is not None and stats.page_faults >= 0
+    assert "page_faults" in stats.to_dict()
+
+
+def test_interleaved_times_waits_for_the_device_inside_each_timing() -> None:
+    from torchshrink.measure.latency import interleaved_times
+
+    log: list[str] = []
+    interleaved_times({"a": lambda: log.append("a")}, rounds=2, warmup=1, sync=lambda: log.append("sync"))
+    assert log == ["a", "sync", "a", "sync", "a", "sync"]

@@ -38,6 +38,11 @@ class LatencyStats:
     max_ms: float
     mean_ms: float
     stdev_ms: float
+    # Minor page faults per timed call (Unix; None elsewhere). Thousands mean the allocator
+    # hands activation memory back to the OS after every call and faults it in again: the
+    # time that costs is the same for every model and hides speed-ups (see README, "CPU
+    # latency and the memory allocator").
+    page_faults: float | None = None
 
     @property
     def iqr_ms(self) -> float:
@@ -80,14 +85,23 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def stats_from(times_ms: list[float], *, batch: int, threads: int, warmup: int) -> LatencyStats:
+def stats_from(times_ms: list[float], *, batch: int, threads: int, warmup: int,
+               page_faults: float | None = None) -> LatencyStats:
     s = sorted(times_ms)
     return LatencyStats(
         batch=batch, threads=threads, runs=len(s), warmup=warmup,
         median_ms=statistics.median(s), p25_ms=_quantile(s, 0.25), p75_ms=_quantile(s, 0.75),
         min_ms=s[0], max_ms=s[-1], mean_ms=statistics.fmean(s),
-        stdev_ms=statistics.stdev(s) if len(s) > 1 else 0.0,
+        stdev_ms=statistics.stdev(s) if len(s) > 1 else 0.0, page_faults=page_faults,
     )
+
+
+def _minor_faults() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def _synchronizer(model: nn.Module) -> Callable[[], None]:
@@ -110,36 +124,37 @@ def time_forward(model: nn.Module, example: Any, *, runs: int = 50, warmup: int 
     sync = _synchronizer(model)
     was_training = model.training
     model.eval()
-    times: list[float] = []
     try:
         with num_threads(threads) as used, torch.inference_mode():
-            for _ in range(warmup):
-                call(model, example)
-            sync()
-            for _ in range(runs):
-                t0 = time.perf_counter_ns()
-                call(model, example)
-                sync()  # GPU kernels are asynchronous: wait for them, or we time the launch
-                times.append((time.perf_counter_ns() - t0) / 1e6)
+            f0 = _minor_faults()
+            times = [t for r in interleaved_times({"model": lambda: call(model, example)}, rounds=runs,
+                                                  warmup=warmup, sync=sync)["model"] for t in r]
+            f1 = _minor_faults()
     finally:
         model.train(was_training)
-    return stats_from(times, batch=batch, threads=used, warmup=warmup)
+    # the warm-up calls fault in their first buffers too; count them out as one more call each
+    faults = None if f0 is None or f1 is None else (f1 - f0) / (runs + warmup)
+    return stats_from(times, batch=batch, threads=used, warmup=warmup, page_faults=faults)
 
 
 def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, rounds: int, per_round: int = 1,
-                      warmup: int = 1) -> dict[str, list[list[float]]]:
+                      warmup: int = 1, sync: Callable[[], None] | None = None) -> dict[str, list[list[float]]]:
     """Milliseconds per call of each function, timed side by side: `warmup` untimed calls of
     each, then `rounds` rounds in which every function runs `per_round` times back to back
     (A A B B, A A B B, ...), so drifts in a shared machine's load hit every function alike.
 
     Returns, per name, one list of timings per round; callers pick their statistic (all
-    timings pooled, or the fastest of each round against preemption spikes).
+    timings pooled, or the fastest of each round against preemption spikes). `sync` runs after
+    every call, inside the timing: GPU kernels are asynchronous, so without a wait we would
+    time only their launch.
     """
     if rounds < 1 or per_round < 1:
         raise ConfigError(f"rounds and per_round must be >= 1, got {rounds} and {per_round}")
+    wait = sync or (lambda: None)
     for f in fns.values():
         for _ in range(warmup):
             f()
+    wait()
     out: dict[str, list[list[float]]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
@@ -147,6 +162,7 @@ def interleaved_times(fns: Mapping[str, Callable[[], Any]], *, rounds: int, per_
             for _ in range(per_round):
                 t0 = time.perf_counter_ns()
                 f()
+                wait()
                 times.append((time.perf_counter_ns() - t0) / 1e6)
             out[k].append(times)
     return out

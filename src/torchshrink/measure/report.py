@@ -94,7 +94,9 @@ class Report:
         for s in self.latency_runs:
             rows.append((f"latency batch {s.batch}, {s.threads} thr",
                          f"{s.median_ms:.4f} ms median, IQR {s.iqr_ms:.4f}, range {s.min_ms:.4f}-{s.max_ms:.4f}"
-                         f" ({s.runs} runs after {s.warmup} warm-up)"))
+                         f" ({s.runs} runs after {s.warmup} warm-up"
+                         + (f", {s.page_faults:,.0f} page faults per call" if s.page_faults is not None else "")
+                         + ")"))
         if self.metric is not None:
             rows.append((self.metric_name, f"{self.metric:.4g}"))
         return rows
