@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from torchshrink.nn.obs import inverse_hessian_factor, obs_sweep
+
 __all__ = ["obs_prune"]
 
 
@@ -22,53 +24,33 @@ def obs_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *,
     n of every m consecutive columns of a row instead of an unstructured count."""
     w = weight.detach().float().clone()
     rows, cols = w.shape
-    h = hessian.detach().float().clone()
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(cols, device=h.device)
-    # Upper Cholesky factor of H^-1: row i holds the OBS update of the columns after i when
-    # column i is fixed (the SparseGPT trick that makes sequential updates cheap).
-    # H^-1 = L^-T L^-1 through a triangular solve: torch.cholesky_inverse is orders of magnitude
-    # slower on some CPU builds.
-    l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(cols, device=h.device), upper=False)
-    hinv = torch.linalg.cholesky(l_inv.T @ l_inv, upper=True)
+    hinv = inverse_hessian_factor(hessian, w, damping)
     prune = torch.zeros_like(w, dtype=torch.bool)
     forced = torch.zeros_like(prune) if keep is None else ~keep.reshape(rows, cols).to(torch.bool)
     total = round(sparsity * w.numel())
-    done_cols = 0
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
-        w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        if nm is None:
-            sal = w1.pow(2) / hinv1.diagonal().reshape(1, -1).pow(2)
-            sal[forced[:, i1:i2]] = -1.0
-            k = round(total * (done_cols + count) / cols) - round(total * done_cols / cols)
-            mask1 = torch.zeros_like(w1, dtype=torch.bool)
-            if k > 0:
-                mask1.view(-1)[torch.argsort(sal.reshape(-1), stable=True)[:k]] = True
-        else:
-            mask1 = torch.zeros_like(w1, dtype=torch.bool)
-        for i in range(count):
-            col = w1[:, i]
-            d = hinv1[i, i]
-            if nm is not None and i % nm[1] == 0:
-                n, m = nm
-                sal = w1[:, i:i + m].pow(2) / hinv1.diagonal()[i:i + m].reshape(1, -1).pow(2)
-                mask1.scatter_(1, i + torch.topk(sal, m - n, dim=1, largest=False)[1], True)
-            q = col.clone()
-            q[mask1[:, i]] = 0.0
-            q1[:, i] = q
-            e = (col - q) / d
-            w1[:, i:] -= e.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        prune[:, i1:i2] = mask1
-        w[:, i1:i2] = q1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-        done_cols += count
+
+    def choose_block(i1: int, i2: int, w1: torch.Tensor, hinv1: torch.Tensor) -> None:
+        """Unstructured: the block removes its share of the layer's count, least salient first."""
+        if nm is not None:
+            return
+        sal = w1.pow(2) / hinv1.diagonal().reshape(1, -1).pow(2)
+        sal[forced[:, i1:i2]] = -1.0
+        k = round(total * i2 / cols) - round(total * i1 / cols)
+        if k > 0:
+            chosen = torch.argsort(sal.reshape(-1), stable=True)[:k]
+            block = torch.zeros(sal.numel(), dtype=torch.bool, device=w.device)
+            block[chosen] = True
+            prune[:, i1:i2] = block.reshape(sal.shape)
+
+    def fix(col: int, i: int, w1: torch.Tensor, hinv1: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        if nm is not None and i % nm[1] == 0:
+            n, m = nm
+            sal = w1[:, i:i + m].pow(2) / hinv1.diagonal()[i:i + m].reshape(1, -1).pow(2)
+            prune.scatter_(1, col + torch.topk(sal, m - n, dim=1, largest=False)[1], True)
+        q = w1[:, i].clone()
+        q[prune[:, col]] = 0.0
+        return q
+
+    w = obs_sweep(w, hinv, fix, blocksize=blocksize, before_block=choose_block)
     w[prune] = 0.0
     return w.to(weight.dtype), ~prune
