@@ -95,3 +95,16 @@ def test_gptq_bad_input_words() -> None:
         ts.WeightOnly(algorithm="gptq", damping=0.0)
     with pytest.raises(ConfigError, match=r"calibration_batches must be >= 1, got 0"):
         ts.WeightOnly(algorithm="gptq", calibration_batches=0)
+
+
+def test_gptq_on_gpt_tiny_saves_and_loads(tmp_path: Path) -> None:
+    # regression: the attention's artifact spec read q_proj.in_features, which a
+    # WeightOnlyLayer does not have, so a weight-only gpt_tiny could not be saved
+    torch.manual_seed(0)
+    model = ts.models.create("gpt_tiny")
+    calib = [ts.models.example_input(model, 4) for _ in range(2)]
+    q = ts.quantize(model, ts.WeightOnly(bits=4, group_size=32, algorithm="gptq"), calibration=calib, progress=False)
+    ts.save(q, tmp_path / "g.tsz")
+    back = ts.load(tmp_path / "g.tsz")
+    with torch.no_grad():
+        assert torch.equal(q.eval()(calib[0]), back.eval()(calib[0]))

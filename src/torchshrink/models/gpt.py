@@ -27,6 +27,7 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, head_dim: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
+        self.n_embd = n_embd  # kept: the projections may be swapped for modules without in_features
         self.n_head = n_head
         self.head_dim = head_dim if head_dim is not None else n_embd // n_head
         inner = self.n_head * self.head_dim

@@ -8,6 +8,7 @@ Same call signature and return value `(output, weights or None)`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,6 +98,18 @@ register_module(
 )
 
 
+def _embd(m: nn.Module) -> int:
+    """The attention's model width, read from q_proj where it still says (pruning may have
+    narrowed it), else from what the module was built with (q_proj may now be a quantized or
+    factorized replacement without `in_features`)."""
+    q: Any = m.q_proj
+    width = getattr(q, "in_features", None)
+    if width is None and isinstance(getattr(q, "op", None), dict):
+        width = q.op.get("in")
+    fallback: Any = m.n_embd
+    return int(width if width is not None else fallback)
+
+
 def _register_gpt_attention() -> None:
     """gpt_tiny's attention keeps its head count in `n_head`; after head pruning the artifact
     must replay that count, not only the thinner projections, so the module gets a spec."""
@@ -104,7 +117,7 @@ def _register_gpt_attention() -> None:
 
     register_module(
         CausalSelfAttention,
-        to_spec=lambda m: {"n_embd": m.q_proj.in_features, "n_head": m.n_head, "head_dim": m.head_dim,
+        to_spec=lambda m: {"n_embd": _embd(m), "n_head": m.n_head, "head_dim": m.head_dim,
                            "dropout": m.dropout},
         from_spec=lambda s: CausalSelfAttention(s["n_embd"], s["n_head"], s["head_dim"], s["dropout"]),
         name="CausalSelfAttention",

@@ -12,8 +12,14 @@ reference implementation does); pruned zeros (exact zeros of a parametrized weig
 
 from __future__ import annotations
 
-import torch
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import torch
+from torch import nn
+
+from torchshrink.errors import ConfigError
 from torchshrink.nn.obs import inverse_hessian_factor, obs_sweep
 from torchshrink.quant.fake import (
     Granularity,
@@ -23,7 +29,7 @@ from torchshrink.quant.fake import (
     quantize_codes,
 )
 
-__all__ = ["gptq_codes"]
+__all__ = ["gptq_codes", "next_hessians"]
 
 
 def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, symmetric: bool,
@@ -64,3 +70,54 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, symmet
     grp_rows = q.reshape(rows * ngroups, per_group)
     s_flat, z_flat = scale.reshape(-1, 1), zero.reshape(-1, 1)
     return quantize_codes(grp_rows, s_flat, z_flat, bits, symmetric), s_flat, z_flat
+
+
+class _Stop(Exception):
+    """Raised inside a forward hook: the layers this pass needed have seen their input."""
+
+
+def next_hessians(model: nn.Module, pending: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any], *,
+                  limit: int | None) -> dict[str, torch.Tensor]:
+    """X^T X of the first pending layer the forward reaches and of every pending layer that
+    reads the very same input tensor (q, k and v projections, say), over the calibration batches.
+
+    Each forward stops at the next layer with another input, so a pass costs only the model up
+    to there; passes follow the forward order, so every layer before the group already carries
+    its quantized weights (GPTQ's sequential mode) while the group is measured."""
+    from torchshrink.prune.criteria import input_features, iter_calibration, to_device
+    from torchshrink.train import unwrap_batch
+
+    hess: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if state.get("x0") is None:
+                state["x0"] = x
+            elif x is not state["x0"]:
+                raise _Stop
+            rows = input_features(module, x.detach().float())
+            h = rows.T @ rows
+            hess[name] = hess[name] + h if name in hess else h
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in pending]
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in iter_calibration(calibration, limit):
+                state["x0"] = None
+                x, _ = unwrap_batch(to_device(batch, dev))
+                with contextlib.suppress(_Stop):
+                    model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    if not hess:
+        raise ConfigError(f"calibration data never reached layers {[n for n, _ in pending]}; check the loader is "
+                          "not empty and that these layers run in the model's forward")
+    return hess

@@ -32,7 +32,7 @@ from torchshrink.quant.fake import (
     quantize_codes,
     shares_values,
 )
-from torchshrink.quant.gptq import gptq_codes
+from torchshrink.quant.gptq import gptq_codes, next_hessians
 from torchshrink.quant.layers import (
     LayerOp,
     bias_of,
@@ -174,25 +174,53 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
                           "pass calibration=loader (a few dozen batches of inputs) to ts.quantize, or use "
                           "algorithm='rtn', which needs none")
     bar = _bar(len(layers), ctx.progress and config.algorithm == "gptq")
-    for name, m in layers:
-        hessian = None
-        if config.algorithm == "gptq" and gptq_eligible(m):
-            from torchshrink.prune.criteria import collect_inputs
+    done: dict[str, WeightOnlyLayer] = {}
 
-            # One calibration pass per layer, through the layers quantized so far, so each
-            # layer corrects for the error of the ones before it (GPTQ's sequential mode).
-            assert ctx.calibration is not None
-            stats = collect_inputs(model, [(name, m)], ctx.calibration, hessian=True,
-                                   limit=config.calibration_batches)[name]
-            hessian = stats.hessian
-        set_module(model, name, quantize_layer_weight_only(
-            name, m, bits=config.bits, symmetric=config.symmetric, group_size=config.group_size,
-            method=config.clip, hessian=hessian, damping=config.damping))
+    def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
+        q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
+                                       group_size=config.group_size, method=config.clip, hessian=hessian,
+                                       damping=config.damping)
+        done[name] = q
+        # Until every layer is done, a float stand-in computes with the quantized weight, so the
+        # calibration passes after it do not unpack codes on every call.
+        set_module(model, name, _Decoded(q))
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
+
+    pending = [(n, m) for n, m in layers if config.algorithm == "gptq" and gptq_eligible(m)]
+    try:
+        for name, m in layers:  # rounded to nearest first, so the GPTQ layers after them see their error
+            if all(name != n for n, _ in pending):
+                put(name, m, None)
+        while pending:  # GPTQ in forward order, a group of layers sharing one input per pass
+            assert ctx.calibration is not None
+            hessians = next_hessians(model, pending, ctx.calibration, limit=config.calibration_batches)
+            for name, m in [(n, m) for n, m in pending if n in hessians]:
+                put(name, m, hessians[name])
+            pending = [(n, m) for n, m in pending if n not in hessians]
+    except BaseException:
+        for name, m in layers:  # nothing half-done: the original layers go back
+            set_module(model, name, m)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    for name, q in done.items():
+        set_module(model, name, q)
     return model
+
+
+class _Decoded(nn.Module):
+    """A WeightOnlyLayer's computation with its weight unpacked once (used while quantizing)."""
+
+    def __init__(self, q: WeightOnlyLayer) -> None:
+        super().__init__()
+        self.op = q.op
+        self.weight = q.dequantized_weight()
+        self.bias = q.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_op(self.op, x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def _bar(total: int, enabled: bool) -> Any:
