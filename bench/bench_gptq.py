@@ -1,5 +1,5 @@
-"""GPTQ against rounding to nearest on a small transformer, side by side with Intel Neural
-Compressor's RTN and GPTQ, in one run.
+"""GPTQ and AWQ against rounding to nearest on a small transformer, side by side with Intel
+Neural Compressor's RTN, GPTQ and AWQ, in one run.
 
     python bench/bench_gptq.py            # full run (~8 min on 2 cores)
     python bench/bench_gptq.py --quick    # smoke run
@@ -47,9 +47,10 @@ def inc_quantize(model: nn.Module, algorithm: str, bits: int, group_size: int | 
     """Intel Neural Compressor 3.x weight-only quantization of every Linear (its prepare /
     calibrate / convert flow; layer-wise loading off, which needs a Hugging Face checkpoint)."""
     q = _inc()
-    cfg_cls = q.GPTQConfig if algorithm == "gptq" else q.RTNConfig
+    cfg_cls = {"gptq": q.GPTQConfig, "awq": q.AWQConfig, "rtn": q.RTNConfig}[algorithm]
     cfg = cfg_cls(bits=bits, group_size=group_size or -1, use_sym=True, use_layer_wise=False, model_path=".")
-    m = q.prepare(copy.deepcopy(model).eval(), cfg)
+    extra = {"example_inputs": calib[0]} if algorithm == "awq" else {}  # AWQ traces the graph to fold scales
+    m = q.prepare(copy.deepcopy(model).eval(), cfg, **extra)
     with torch.no_grad():
         for x in calib:
             m(x)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for bits, gs in settings:
             grid = f"int{bits} " + (f"g{gs}" if gs else "per-channel")
             for clip in ("minmax", "mse"):
-                for alg in ("rtn", "gptq"):
+                for alg in ("rtn", "gptq", "awq"):
                     t = time.perf_counter()
                     cfg = ts.WeightOnly(bits=bits, group_size=gs, algorithm=alg, clip=clip)  # type: ignore[arg-type]
                     q = ts.quantize(copy.deepcopy(base), cfg, calibration=calib, progress=False)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "file_bytes": path.stat().st_size})
                     print(f"  {grid} ours {alg} clip={clip}: {loss:.4f} ({secs:.1f} s)", flush=True)
             if inc is not None:
-                for alg in ("rtn", "gptq"):
+                for alg in ("rtn", "gptq", "awq"):
                     t = time.perf_counter()
                     q = inc_quantize(base, alg, bits, gs, calib)
                     secs = time.perf_counter() - t

@@ -424,21 +424,26 @@ class _PackedWeight(nn.Module):
     keeps_packed = True
 
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
-                 shape: tuple[int, ...], group: int) -> None:
+                 shape: tuple[int, ...], group: int, col_scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.bits, self.shape, self.group = bits, tuple(int(s) for s in shape), int(group)
         self.register_buffer("packed", packed.reshape(-1).to(torch.uint8))
         self.register_buffer("scale", scale.reshape(-1, 1).float())
         self.register_buffer("zero", zero.reshape(-1, 1).float())
+        # AWQ's per-input-column scale, divided out of the dequantized weight (one Div node)
+        self.register_buffer("col_scale", None if col_scale is None else
+                             col_scale.detach().float().reshape(1, *self.shape[1:]))
 
     def weight(self) -> torch.Tensor:
-        return _PackedDequantFn.apply(self.packed, self.scale, self.zero, self.bits, self.shape, self.group)
+        w = _PackedDequantFn.apply(self.packed, self.scale, self.zero, self.bits, self.shape, self.group)
+        cs = typing.cast("torch.Tensor | None", self.col_scale)
+        return w if cs is None else w / cs
 
 
 class PackedWeightLinear(_PackedWeight):
     def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
-                 *, bits: int, shape: tuple[int, ...], group: int) -> None:
-        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group)
+                 *, bits: int, shape: tuple[int, ...], group: int, col_scale: torch.Tensor | None = None) -> None:
+        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group, col_scale=col_scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -450,8 +455,9 @@ class PackedWeightConv(_PackedWeight):
     kind, stride, padding, dilation, groups)."""
 
     def __init__(self, op: dict[str, Any], packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                 bias: torch.Tensor | None, *, bits: int, shape: tuple[int, ...], group: int) -> None:
-        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group)
+                 bias: torch.Tensor | None, *, bits: int, shape: tuple[int, ...], group: int,
+                 col_scale: torch.Tensor | None = None) -> None:
+        super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group, col_scale=col_scale)
         self.conv = F.conv1d if op["kind"] == "conv1d" else F.conv2d
         self.stride, self.padding = tuple(op["stride"]), tuple(op["padding"])
         self.dilation, self.groups = tuple(op["dilation"]), int(op["groups"])

@@ -135,9 +135,9 @@ def _quant_rules() -> None:
         zero = zero - qmin
         if m.op["kind"] == "linear":
             return PackedWeightLinear(m.packed, m.scale, zero, m.bias, bits=m.bits, shape=tuple(m.shape),
-                                      group=group)
+                                      group=group, col_scale=m.col_scale)
         return PackedWeightConv(m.op, m.packed, m.scale, zero, m.bias, bits=m.bits, shape=tuple(m.shape),
-                                group=group)
+                                group=group, col_scale=m.col_scale)
 
     @export_rule(ActQuantized, quantized=True)
     def _act(m: Any) -> nn.Module:

@@ -19,6 +19,7 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_choice
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
+from torchshrink.quant.awq import awq_column_scale
 from torchshrink.quant.fake import (
     FakeQuant,
     Granularity,
@@ -55,9 +56,10 @@ class WeightOnlyLayer(nn.Module):
     scale: torch.Tensor
     zero_point: torch.Tensor | None
     bias: torch.Tensor | None
+    col_scale: torch.Tensor | None
 
     def __init__(self, op: LayerOp, *, bits: int, symmetric: bool, granularity: Granularity,
-                 group_size: int | None, bias: bool) -> None:
+                 group_size: int | None, bias: bool, col_scale: bool = False) -> None:
         super().__init__()
         self.op = dict(op)
         self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
@@ -70,6 +72,8 @@ class WeightOnlyLayer(nn.Module):
         self.register_buffer("scale", torch.ones(groups, 1))
         self.register_buffer("zero_point", None if symmetric else torch.zeros(groups, 1, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(op["out"]) if bias else None)
+        # AWQ: the codes encode W diag(s); the layer divides s back out of the weight's columns.
+        self.register_buffer("col_scale", torch.ones(n // self.shape[0]) if col_scale else None)
 
     @property
     def execution(self) -> str:
@@ -85,8 +89,10 @@ class WeightOnlyLayer(nn.Module):
         codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
         rows = group_rows(codes, self.granularity, self.group_size)
         zero = torch.zeros_like(self.scale) if self.zero_point is None else self.zero_point.float()
-        w = dequantize_codes(rows, self.scale, zero, self.bits, self.symmetric)
-        return w.reshape(self.shape)
+        w = dequantize_codes(rows, self.scale, zero, self.bits, self.symmetric).reshape(self.shape)
+        if self.col_scale is not None:
+            w = w / self.col_scale.reshape(1, *self.shape[1:])
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.dequantized_weight().to(x.dtype)
@@ -108,15 +114,17 @@ class WeightOnlyLayer(nn.Module):
 register_module(
     WeightOnlyLayer,
     to_spec=lambda m: {"op": m.op, "bits": m.bits, "symmetric": m.symmetric, "granularity": m.granularity,
-                       "group_size": m.group_size, "bias": m.bias is not None},
+                       "group_size": m.group_size, "bias": m.bias is not None,
+                       **({"col_scale": True} if m.col_scale is not None else {})},
     from_spec=lambda s: WeightOnlyLayer(s["op"], bits=s["bits"], symmetric=s["symmetric"],
-                                        granularity=s["granularity"], group_size=s["group_size"], bias=s["bias"]),
+                                        granularity=s["granularity"], group_size=s["group_size"], bias=s["bias"],
+                                        col_scale=s.get("col_scale", False)),
     name="WeightOnlyLayer",
 )
 
 
-def gptq_eligible(m: nn.Module) -> bool:
-    """GPTQ needs a plain grid (no QAT grid, no shared codebook) on an ungrouped layer."""
+def data_aware_eligible(m: nn.Module) -> bool:
+    """GPTQ and AWQ need a plain grid (no QAT grid, no shared codebook) on an ungrouped layer."""
     chain = params.chain(m)
     if any(isinstance(p, FakeQuant) for p in chain) or shares_values(chain):
         return False
@@ -125,10 +133,12 @@ def gptq_eligible(m: nn.Module) -> bool:
 
 def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric: bool = True,
                                group_size: int | None = None, method: WeightMethod = "minmax",
-                               hessian: torch.Tensor | None = None, damping: float = 0.01) -> WeightOnlyLayer:
+                               hessian: torch.Tensor | None = None, damping: float = 0.01,
+                               algorithm: Literal["gptq", "awq"] = "gptq") -> WeightOnlyLayer:
     """Pack one layer. A FakeQuant already on the weight (after QAT) fixes the grid; otherwise
     the grid comes from `method`, and with `hessian` (the layer's input X^T X) the codes come
-    from GPTQ instead of rounding to nearest. Codebook layers use one grid per tensor (shared
+    from `algorithm` (GPTQ, or AWQ's activation-aware column scaling) instead of rounding to
+    nearest. Codebook layers use one grid per tensor (shared
     values stay shared); pruned zeros map to code `zero_point` and dequantize to exactly 0."""
     op = layer_op(name, m)
     chain = params.chain(m)
@@ -145,17 +155,25 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
         if granularity == "group":
             check_group(name, in_width(op), group_size)
         w = weight_of(m)
-        if hessian is not None and granularity != "tensor":
+        col_scale = None
+        if hessian is not None and granularity != "tensor" and algorithm == "gptq":
             keep_zero = (w == 0) if chain else None  # a parametrized weight's zeros are pruned: keep them
             codes, scale, zero = gptq_codes(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
                                             group_size=group_size, method=method, keep_zero=keep_zero,
                                             damping=damping)
         else:
+            if hessian is not None and granularity != "tensor":
+                col_scale = awq_column_scale(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
+                                             group_size=group_size, method=method)
+                w = w.detach().float() * col_scale.reshape(1, *w.shape[1:])
             rows = group_rows(w, granularity, group_size)
             scale, zero = grid_params(rows, bits, symmetric, method)
             codes = quantize_codes(rows, scale, zero, bits, symmetric)
         q = WeightOnlyLayer(op, bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
-                            bias=m.bias is not None)
+                            bias=m.bias is not None, col_scale=col_scale is not None)
+        if col_scale is not None:
+            assert q.col_scale is not None
+            q.col_scale.copy_(col_scale)
     q.set_codes(codes, scale, zero)
     b = bias_of(m)
     if b is not None and q.bias is not None:
@@ -169,17 +187,18 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         for name, m in layers:
             if not shares_values(params.chain(m)):
                 check_group(name, in_width(layer_op(name, m)), config.group_size)
-    if config.algorithm == "gptq" and ctx.calibration is None:
-        raise ConfigError("WeightOnly(algorithm='gptq') needs calibration data to measure each layer's inputs: "
+    if config.algorithm != "rtn" and ctx.calibration is None:
+        raise ConfigError(f"WeightOnly(algorithm={config.algorithm!r}) needs calibration data to measure each layer's inputs: "
                           "pass calibration=loader (a few dozen batches of inputs) to ts.quantize, or use "
                           "algorithm='rtn', which needs none")
-    bar = _bar(len(layers), ctx.progress and config.algorithm == "gptq")
+    bar = _bar(len(layers), ctx.progress and config.algorithm != "rtn", config.algorithm)
     done: dict[str, WeightOnlyLayer] = {}
 
     def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
         q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
                                        group_size=config.group_size, method=config.clip, hessian=hessian,
-                                       damping=config.damping)
+                                       damping=config.damping,
+                                       algorithm="awq" if config.algorithm == "awq" else "gptq")
         done[name] = q
         # Until every layer is done, a float stand-in computes with the quantized weight, so the
         # calibration passes after it do not unpack codes on every call.
@@ -187,12 +206,12 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         if bar is not None:
             bar.update(1)
 
-    pending = [(n, m) for n, m in layers if config.algorithm == "gptq" and gptq_eligible(m)]
+    pending = [(n, m) for n, m in layers if config.algorithm != "rtn" and data_aware_eligible(m)]
     try:
         for name, m in layers:  # rounded to nearest first, so the GPTQ layers after them see their error
             if all(name != n for n, _ in pending):
                 put(name, m, None)
-        while pending:  # GPTQ in forward order, a group of layers sharing one input per pass
+        while pending:  # in forward order, a group of layers sharing one input per pass
             assert ctx.calibration is not None
             hessians = next_hessians(model, pending, ctx.calibration, limit=config.calibration_batches)
             for name, m in [(n, m) for n, m in pending if n in hessians]:
@@ -223,12 +242,12 @@ class _Decoded(nn.Module):
         return run_op(self.op, x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-def _bar(total: int, enabled: bool) -> Any:
+def _bar(total: int, enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="gptq", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 @register(family="quant", handler=apply_weight_only)
@@ -245,15 +264,17 @@ class WeightOnly(Config):
         rounds column by column and compensates each error in the columns not yet rounded,
         using the layer's inputs from `calibration=` (at most `calibration_batches` batches;
         `damping` is added to the Hessian diagonal as a fraction of its mean). Same storage,
-        same speed, better accuracy at 2..4 bits. Layers after QAT, codebook layers and grouped
-        convs keep RTN.
+        same speed, better accuracy at 2..4 bits. "awq" (Lin et al. 2024) instead scales each
+        input column by its activation size to the power alpha (searched per layer on the same
+        data) before rounding and divides it back out: one more float per input column. Layers
+        after QAT, codebook layers and grouped convs keep RTN.
     """
 
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = True
     clip: Literal["minmax", "mse"] = "mse"
-    algorithm: Literal["rtn", "gptq"] = "rtn"
+    algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
     calibration_batches: int = 32
     damping: float = 0.01
     targets: tuple[str, ...] | None = None
@@ -264,7 +285,7 @@ class WeightOnly(Config):
         check_bits("bits", self.bits, 2, 8)
         check(self.group_size is None or self.group_size > 0,
               f"group_size must be positive or None (per channel), got {self.group_size}")
-        check_choice("algorithm", self.algorithm, ("rtn", "gptq"))
+        check_choice("algorithm", self.algorithm, ("rtn", "gptq", "awq"))
         check(self.calibration_batches >= 1, f"calibration_batches must be >= 1, got {self.calibration_batches}")
         check(0.0 < self.damping < 1.0, f"damping must be in (0, 1), got {self.damping}")
 
