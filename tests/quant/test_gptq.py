@@ -89,8 +89,8 @@ def test_pruned_zeros_stay_zero_under_gptq() -> None:
 def test_gptq_bad_input_words() -> None:
     with pytest.raises(ConfigError, match=r"algorithm='gptq'\) needs calibration data .* or use algorithm='rtn'"):
         ts.quantize(nn.Sequential(nn.Linear(8, 4)), ts.WeightOnly(group_size=None, algorithm="gptq"))
-    with pytest.raises(ConfigError, match=r"WeightOnly.algorithm must be .*got .awq."):
-        ts.WeightOnly(algorithm="awq")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"WeightOnly.algorithm must be .*got .obq."):
+        ts.WeightOnly(algorithm="obq")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"damping must be in \(0, 1\), got 0.0"):
         ts.WeightOnly(algorithm="gptq", damping=0.0)
     with pytest.raises(ConfigError, match=r"calibration_batches must be >= 1, got 0"):
