@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import optimized_ops
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchshrink as ts
@@ -36,7 +35,7 @@ def trained_lenet5() -> tuple[torch.nn.Module, DataLoader, DataLoader]:
     return model.eval(), train, test
 
 
-def test_static_int8_is_a_fused_qdq_graph(trained_lenet5: Any, tmp_path: Any) -> None:
+def test_static_int8_is_a_fused_qdq_graph(trained_lenet5: Any, tmp_path: Any, optimized_ops: Any) -> None:
     model, train, test = trained_lenet5
     q = ts.quantize(model, ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)
     path = f"{tmp_path}/q.onnx"
@@ -57,7 +56,7 @@ def test_static_int8_is_a_fused_qdq_graph(trained_lenet5: Any, tmp_path: Any) ->
     assert "Conv" not in ops
 
 
-def test_dynamic_int8_runs_integer_matmul(tmp_path: Any) -> None:
+def test_dynamic_int8_runs_integer_matmul(tmp_path: Any, optimized_ops: Any) -> None:
     model = models.create("lenet300")
     q = ts.quantize(model, ts.DynamicInt8(reduce_range=False))
     path = f"{tmp_path}/d.onnx"

@@ -108,3 +108,31 @@ def test_gptq_on_gpt_tiny_saves_and_loads(tmp_path: Path) -> None:
     back = ts.load(tmp_path / "g.tsz")
     with torch.no_grad():
         assert torch.equal(q.eval()(calib[0]), back.eval()(calib[0]))
+
+
+def test_output_aware_clip_beats_weight_mse_clip_on_the_output() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(128, 64)
+    x = _correlated_inputs(2048, 128)
+    data = [x[i : i + 256] for i in range(0, 2048, 256)]
+    ref = layer(x).detach()
+
+    def err(clip: str, alg: str = "rtn") -> float:
+        q = ts.quantize(nn.Sequential(copy.deepcopy(layer)),
+                        ts.WeightOnly(bits=3, group_size=None, algorithm=alg, clip=clip),  # type: ignore[arg-type]
+                        calibration=data, progress=False)
+        return float((q(x) - ref).pow(2).mean())
+
+    assert err("output") < err("mse")
+    assert err("output", "awq") <= err("mse", "awq") * 1.05
+    with pytest.raises(ConfigError, match=r"WeightOnly\(clip='output'\) needs calibration data"):
+        ts.quantize(nn.Sequential(nn.Linear(8, 4)), ts.WeightOnly(group_size=None, clip="output"))
+
+
+def test_h_blocks_are_the_diagonal_blocks() -> None:
+    from torchshrink.quant.fake import h_blocks_for
+
+    h = torch.arange(36.0).reshape(6, 6)
+    blocks = h_blocks_for(h, 2)
+    assert blocks.shape == (3, 2, 2)
+    assert torch.equal(blocks[1], h[2:4, 2:4])

@@ -22,6 +22,7 @@ from torchshrink.quant.fake import (
     dequantize_codes,
     grid_params,
     group_rows,
+    h_blocks_for,
     quantize_codes,
 )
 
@@ -29,9 +30,11 @@ __all__ = ["awq_column_scale"]
 
 
 def _rtn(w: torch.Tensor, bits: int, symmetric: bool, granularity: Granularity, group_size: int | None,
-         method: WeightMethod) -> torch.Tensor:
+         method: WeightMethod, h: torch.Tensor) -> torch.Tensor:
     rows = group_rows(w, granularity, group_size)
-    scale, zero = grid_params(rows, bits, symmetric, method)
+    hb = h_blocks_for(h, group_size if granularity == "group" and group_size else h.shape[0]) \
+        if method == "output" else None
+    scale, zero = grid_params(rows, bits, symmetric, method, h_blocks=hb)
     return dequantize_codes(quantize_codes(rows, scale, zero, bits, symmetric), scale, zero, bits,
                             symmetric).reshape(w.shape)
 
@@ -51,7 +54,7 @@ def awq_column_scale(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, 
         alpha = i / grid
         s = act.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()  # centred in log scale, so neither end of the grid saturates
-        wq = _rtn(w * s, bits, symmetric, granularity, group_size, method) / s
+        wq = _rtn(w * s, bits, symmetric, granularity, group_size, method, h / (s[:, None] * s[None, :])) / s
         d = w - wq
         err = float(((d @ h) * d).sum())
         if err < best_err:

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Granularity = Literal["tensor", "channel", "group"]
-WeightMethod = Literal["minmax", "mse"]
+WeightMethod = Literal["minmax", "mse", "output"]
 
 
 def check_bits(name: str, bits: int, low: int = 2, high: int = 16) -> None:
@@ -111,9 +111,14 @@ def _scale_zero(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool
 
 
 def grid_params(rows: torch.Tensor, bits: int, symmetric: bool, method: WeightMethod = "minmax",
-                steps: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+                steps: int = 40, h_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (scale, zero_point) of shape (groups, 1). `mse` searches a clipping ratio per
-    row that minimises the squared quantization error (helps at 2..4 bits)."""
+    row that minimises the squared quantization error (helps at 2..4 bits); `output` minimises
+    the error of the layer's output instead, d H d^T with d the row's rounding error and H the
+    second moment of the inputs its columns meet: `h_blocks` (nb, width, width), row r using
+    block r % nb (groups of one output row run along the input width)."""
+    if method == "output" and h_blocks is None:
+        raise ValueError("clip 'output' needs the layer's input statistics (h_blocks)")
     rows = rows.detach().float()
     lo = rows.amin(1, keepdim=True)
     hi = rows.amax(1, keepdim=True)
@@ -125,12 +130,27 @@ def grid_params(rows: torch.Tensor, bits: int, symmetric: bool, method: WeightMe
     for i in range(steps):
         ratio = 1.0 - 0.7 * i / steps  # clip between 100% and 30% of the observed range
         s, z = _scale_zero(lo * ratio, hi * ratio, bits, symmetric)
-        err = (fake_quantize(rows, s, z, bits, symmetric) - rows).pow(2).sum(1, keepdim=True)
+        d = fake_quantize(rows, s, z, bits, symmetric) - rows
+        err = d.pow(2).sum(1, keepdim=True) if h_blocks is None else _output_error(d, h_blocks)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_s = torch.where(better, s, best_s)
         best_z = torch.where(better, z, best_z)
     return best_s, best_z
+
+
+def _output_error(d: torch.Tensor, h_blocks: torch.Tensor) -> torch.Tensor:
+    nb = h_blocks.shape[0]
+    by_block = d.reshape(-1, nb, d.shape[1])  # (out rows, blocks, width): row r is block r % nb
+    return torch.einsum("obk,bkl,obl->ob", by_block, h_blocks, by_block).reshape(-1, 1)
+
+
+def h_blocks_for(hessian: torch.Tensor, group: int) -> torch.Tensor:
+    """The diagonal blocks of an input second moment (width, width) for groups of `group`
+    consecutive input columns: (width // group, group, group)."""
+    n = hessian.shape[0] // group
+    idx = torch.arange(n)
+    return hessian.reshape(n, group, n, group)[idx, :, idx, :]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torchshrink.quant.fake import (
     WeightMethod,
     dequantize_codes,
     grid_params,
+    h_blocks_for,
     quantize_codes,
 )
 
@@ -48,8 +49,9 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, symmet
     ngroups = cols // per_group
     scale = torch.ones(rows, ngroups)
     zero = torch.zeros(rows, ngroups)
+    blocks = h_blocks_for(hessian.detach().float(), per_group) if method == "output" else None
     if granularity != "group":  # one grid per output row, from the weights before the sweep
-        s, z = grid_params(w, bits, symmetric, method)
+        s, z = grid_params(w, bits, symmetric, method, h_blocks=blocks)
         scale[:], zero[:] = s, z
     forced = None if keep_zero is None else keep_zero.reshape(rows, cols).to(torch.bool)
 
@@ -58,7 +60,7 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, symmet
         if granularity == "group" and col % per_group == 0:
             here = w1[:, i:i + per_group]
             grp = here if here.shape[1] == per_group else torch.cat([here, rest[:, : per_group - here.shape[1]]], 1)
-            s, z = grid_params(grp, bits, symmetric, method)
+            s, z = grid_params(grp, bits, symmetric, method, h_blocks=None if blocks is None else blocks[g : g + 1])
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
         s, z = scale[:, g : g + 1], zero[:, g : g + 1]
         x = w1[:, i : i + 1]

@@ -29,6 +29,7 @@ from torchshrink.quant.fake import (
     dequantize_codes,
     grid_params,
     group_rows,
+    h_blocks_for,
     num_groups,
     quantize_codes,
     shares_values,
@@ -134,7 +135,7 @@ def data_aware_eligible(m: nn.Module) -> bool:
 def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric: bool = True,
                                group_size: int | None = None, method: WeightMethod = "minmax",
                                hessian: torch.Tensor | None = None, damping: float = 0.01,
-                               algorithm: Literal["gptq", "awq"] = "gptq") -> WeightOnlyLayer:
+                               algorithm: Literal["rtn", "gptq", "awq"] = "gptq") -> WeightOnlyLayer:
     """Pack one layer. A FakeQuant already on the weight (after QAT) fixes the grid; otherwise
     the grid comes from `method`, and with `hessian` (the layer's input X^T X) the codes come
     from `algorithm` (GPTQ, or AWQ's activation-aware column scaling) instead of rounding to
@@ -156,18 +157,27 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
             check_group(name, in_width(op), group_size)
         w = weight_of(m)
         col_scale = None
-        if hessian is not None and granularity != "tensor" and algorithm == "gptq":
+        if hessian is not None and granularity != "tensor" and algorithm == "gptq":  # noqa: SIM114
             keep_zero = (w == 0) if chain else None  # a parametrized weight's zeros are pruned: keep them
             codes, scale, zero = gptq_codes(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
                                             group_size=group_size, method=method, keep_zero=keep_zero,
                                             damping=damping)
         else:
-            if hessian is not None and granularity != "tensor":
+            h = hessian
+            if hessian is not None and granularity != "tensor" and algorithm == "awq":
                 col_scale = awq_column_scale(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
                                              group_size=group_size, method=method)
                 w = w.detach().float() * col_scale.reshape(1, *w.shape[1:])
+                flat = col_scale.reshape(-1)
+                h = hessian / (flat[:, None] * flat[None, :])  # the inputs the scaled weight meets
+            hb = None
+            if method == "output":
+                if h is None or granularity == "tensor":
+                    method = "mse"  # no input statistics here (a layer left out of calibration)
+                else:
+                    hb = h_blocks_for(h, group_size if granularity == "group" and group_size else h.shape[0])
             rows = group_rows(w, granularity, group_size)
-            scale, zero = grid_params(rows, bits, symmetric, method)
+            scale, zero = grid_params(rows, bits, symmetric, method, h_blocks=hb)
             codes = quantize_codes(rows, scale, zero, bits, symmetric)
         q = WeightOnlyLayer(op, bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
                             bias=m.bias is not None, col_scale=col_scale is not None)
@@ -187,18 +197,20 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         for name, m in layers:
             if not shares_values(params.chain(m)):
                 check_group(name, in_width(layer_op(name, m)), config.group_size)
-    if config.algorithm != "rtn" and ctx.calibration is None:
-        raise ConfigError(f"WeightOnly(algorithm={config.algorithm!r}) needs calibration data to measure each layer's inputs: "
+    data_aware = config.algorithm != "rtn" or config.clip == "output"
+    if data_aware and ctx.calibration is None:
+        what = f"algorithm={config.algorithm!r}" if config.algorithm != "rtn" else "clip='output'"
+        raise ConfigError(f"WeightOnly({what}) needs calibration data to measure each layer's inputs: "
                           "pass calibration=loader (a few dozen batches of inputs) to ts.quantize, or use "
                           "algorithm='rtn', which needs none")
-    bar = _bar(len(layers), ctx.progress and config.algorithm != "rtn", config.algorithm)
+    bar = _bar(len(layers), ctx.progress and data_aware, config.algorithm)
     done: dict[str, WeightOnlyLayer] = {}
 
     def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
         q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
                                        group_size=config.group_size, method=config.clip, hessian=hessian,
                                        damping=config.damping,
-                                       algorithm="awq" if config.algorithm == "awq" else "gptq")
+                                       algorithm=config.algorithm)
         done[name] = q
         # Until every layer is done, a float stand-in computes with the quantized weight, so the
         # calibration passes after it do not unpack codes on every call.
@@ -206,7 +218,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         if bar is not None:
             bar.update(1)
 
-    pending = [(n, m) for n, m in layers if config.algorithm != "rtn" and data_aware_eligible(m)]
+    pending = [(n, m) for n, m in layers if data_aware and data_aware_eligible(m)]
     try:
         for name, m in layers:  # rounded to nearest first, so the GPTQ layers after them see their error
             if all(name != n for n, _ in pending):
@@ -259,7 +271,8 @@ class WeightOnly(Config):
     group_size: values per scale along the input width (must divide every selected layer's
         input width, in * kh * kw for convolutions); None = one scale per output channel.
     clip: `mse` searches a clipping range per group (better at 2..4 bits), `minmax` uses the
-        full range.
+        full range, `output` searches the range that changes the layer's output on
+        `calibration=` data least (activation-aware; needs calibration).
     algorithm: "rtn" rounds each weight to the nearest grid point; "gptq" (Frantar et al. 2022)
         rounds column by column and compensates each error in the columns not yet rounded,
         using the layer's inputs from `calibration=` (at most `calibration_batches` batches;
@@ -273,7 +286,7 @@ class WeightOnly(Config):
     bits: int = 4
     group_size: int | None = 128
     symmetric: bool = True
-    clip: Literal["minmax", "mse"] = "mse"
+    clip: Literal["minmax", "mse", "output"] = "mse"
     algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
     calibration_batches: int = 32
     damping: float = 0.01
