@@ -184,3 +184,24 @@ def test_demo_logic_with_a_tiny_recipe(tmp_path: Path) -> None:
                    "latency ms (batch 1, 1 thr)", "accuracy"):
         assert needle in text
     assert all(Path(f).is_file() for f in result["files"])
+
+
+def test_plan_picks_a_recipe_within_budget_and_writes_it(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    a, b = tmp_path / "w8.yaml", tmp_path / "w4.yaml"
+    a.write_text("stages:\n  - method: weight_only\n    bits: 8\n    group_size: null\n")
+    b.write_text("stages:\n  - method: weight_only\n    bits: 4\n    group_size: null\n")
+    out, report = tmp_path / "best.tsz", tmp_path / "plan.json"
+    code, text, _ = run(capsys, "plan", "--model", "lenet300", "--data", "synthetic", "--epochs", "1",
+                        "--max-bytes", "0.2", "--recipe", str(a), "--recipe", str(b), "--out", str(out),
+                        "--report", str(report), "--quiet")
+    assert code == 0, text
+    data = json.loads(report.read_text())
+    assert data["best"] == "WeightOnly(bits=4, group_size=None)"  # int8 is ~0.25 of fp32: over budget
+    assert out.is_file() and "read back from the file" in text
+    assert data["best_test_accuracy_from_file"] >= 0
+
+
+def test_plan_without_a_budget_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "--model", "lenet300", "--data", "synthetic")
+    assert code == 2 and "give a budget: --max-bytes and/or --max-latency" in err

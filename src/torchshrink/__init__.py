@@ -98,6 +98,10 @@ from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402
 from torchshrink.export import export as export  # noqa: E402
 
 __all__ += ["ExportResult", "ParityError", "export", "load_pt2"]
+# --- plan: the recipe within a size/latency budget, measured ---
+from torchshrink.plan import PlanResult, default_candidates, plan  # noqa: E402
+
+__all__ += ["PlanResult", "default_candidates", "plan"]
 
 # --- the verbs win over same-named subpackages ---
 # Importing torchshrink.prune / .cluster / .export binds those names on this package to the
@@ -105,3 +109,4 @@ __all__ += ["ExportResult", "ParityError", "export", "load_pt2"]
 # importable by their full names (sys.modules), e.g. `from torchshrink.prune import PruningMask`.
 from torchshrink.api import cluster, prune  # noqa: E402,F811
 from torchshrink.export import export  # noqa: E402,F811
+from torchshrink.plan import plan  # noqa: E402,F811

@@ -552,6 +552,13 @@ from torchshrink.cli_compress import compress_args as _compress_args  # noqa: E4
 
 command("compress", help="train or load a baseline, run a recipe, write the compressed file, report",
         arguments=_compress_args)(_cmd_compress)
+
+# --- plan ---
+from torchshrink.cli_plan import cmd_plan as _cmd_plan  # noqa: E402
+from torchshrink.cli_plan import plan_args as _plan_args  # noqa: E402
+
+command("plan", help="measure candidate recipes and keep the best within a size/latency budget",
+        arguments=_plan_args)(_cmd_plan)
 # --- export (issue 8) ---
 from torchshrink.cli_export import cmd_export as _cmd_export  # noqa: E402
 from torchshrink.cli_export import export_args as _export_args  # noqa: E402

@@ -7,6 +7,7 @@ about compression lives here so the CLI module stays a thin dispatcher.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from torch import nn
 from torchshrink.errors import ConfigError
 
 __all__ = [
+    "Baseline",
+    "baseline",
     "compress_args",
     "cmd_compress",
     "run_compress",
@@ -218,29 +221,32 @@ def _stage_label(name: str, seen: dict[str, int]) -> str:
     return base if seen[base] == 1 else f"{base} ({seen[base]})"
 
 
-def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: str,
-                 report: str | None = None, checkpoint: str | None = None, epochs: int | None = None,
-                 seed: int = 0, progress: bool = True,
-                 print_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or load) a baseline, run the recipe, write the file, read it back and measure.
+@dataclasses.dataclass
+class Baseline:
+    """A trained (or loaded) model with the loaders and test metric the CLI uses around it."""
 
-    Every "compressed" number is taken on the model loaded from `out`.
-    """
+    model: nn.Module
+    splits: Any
+    train: Any
+    val: Any
+    test: Any
+    accuracy: Callable[[nn.Module], float]
+
+
+def baseline(*, model_name: str | None, data_name: str, checkpoint: str | None = None, epochs: int | None = None,
+             seed: int = 0, progress: bool = True, print_fn: Callable[[str], None] = print) -> Baseline:
+    """Load `checkpoint`, or train `model_name` on `data_name` with its bundled recipe; the
+    loaders use the same pipeline (random shifts) as that training, so fine-tuning matches."""
     from torchshrink import cli, data
-    from torchshrink.codec.container import load, save
-    from torchshrink.recipe import compress, load_recipe
+    from torchshrink.codec.container import load
     from torchshrink.train import evaluate, fit, seed_everything
 
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()  # CPU seconds: the honest cost on a shared, overloaded machine
-    rec = load_recipe(recipe)  # fail on a bad recipe before any training
     if data_name not in data.names():
         raise ConfigError(f"unknown data set {data_name!r}; choices: {', '.join(data.names())}")
     splits = data.load(data_name, seed=cli.DATA_SEED)
     base_recipe = cli.train_recipe(model_name or "lenet300")
     if epochs is not None:
         base_recipe["epochs"] = epochs
-    # Fine-tuning sees the same data pipeline (random shifts) as the baseline's training.
     train_loader, val_loader, _ = data.loaders(splits, batch_size=int(base_recipe["batch_size"]),
                                                eval_batch_size=cli.EVAL_BATCH_SIZE, seed=seed,
                                                shift=int(base_recipe.get("shift", 0)))
@@ -266,6 +272,27 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
         print_fn(f"training {model_name} on {data_name} ({len(splits.train)} train images, "
                  f"{fit_kw['epochs']} epochs)...")
         fit(model, train_loader, val=val_loader, **fit_kw)
+    return Baseline(model, splits, train_loader, val_loader, test_loader, accuracy)
+
+
+def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: str,
+                 report: str | None = None, checkpoint: str | None = None, epochs: int | None = None,
+                 seed: int = 0, progress: bool = True,
+                 print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or load) a baseline, run the recipe, write the file, read it back and measure.
+
+    Every "compressed" number is taken on the model loaded from `out`.
+    """
+    from torchshrink.codec.container import load, save
+    from torchshrink.recipe import compress, load_recipe
+
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()  # CPU seconds: the honest cost on a shared, overloaded machine
+    rec = load_recipe(recipe)  # fail on a bad recipe before any training
+    b = baseline(model_name=model_name, data_name=data_name, checkpoint=checkpoint, epochs=epochs, seed=seed,
+                 progress=progress, print_fn=print_fn)
+    model, splits, train_loader, val_loader, test_loader, accuracy = (
+        b.model, b.splits, b.train, b.val, b.test, b.accuracy)
     base_acc = accuracy(model)
     base_bytes = dense_bytes(model)
     print_fn(f"baseline: accuracy {base_acc:.2f}%, {base_bytes:,} bytes as dense fp32")
