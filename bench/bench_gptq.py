@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile_dir() as d:
         for bits, gs in settings:
             grid = f"int{bits} " + (f"g{gs}" if gs else "per-channel")
-            for clip in ("minmax", "mse"):
+            for clip in ("minmax", "mse", "output"):
                 for alg in ("rtn", "gptq", "awq"):
                     t = time.perf_counter()
                     cfg = ts.WeightOnly(bits=bits, group_size=gs, algorithm=alg, clip=clip)  # type: ignore[arg-type]
