@@ -25,6 +25,7 @@ from torchshrink.errors import ConfigError
 __all__ = [
     "Baseline",
     "baseline",
+    "baseline_args",
     "compress_args",
     "cmd_compress",
     "run_compress",
@@ -354,16 +355,21 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
 
 
 
-def compress_args(p: argparse.ArgumentParser) -> None:
+def baseline_args(p: argparse.ArgumentParser) -> None:
+    """The options of `baseline()`, shared by the commands that start from one."""
     p.add_argument("--model", default=None, help="reference model to train as the baseline (e.g. lenet300)")
     p.add_argument("--checkpoint", default=None, help="start from this artifact instead of training")
     p.add_argument("--data", required=True, help="data set (mnist5k, fashion_mnist, digits, synthetic)")
-    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/deep_compression_lenet300.yaml)")
-    p.add_argument("--out", required=True, help="compressed artifact to write (F.tsz)")
-    p.add_argument("--report", default=None, help="JSON report to write")
     p.add_argument("--epochs", type=int, default=None, help="baseline training epochs (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def compress_args(p: argparse.ArgumentParser) -> None:
+    baseline_args(p)
+    p.add_argument("--recipe", required=True, help="YAML recipe (recipes/deep_compression_lenet300.yaml)")
+    p.add_argument("--out", required=True, help="compressed artifact to write (F.tsz)")
+    p.add_argument("--report", default=None, help="JSON report to write")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ __all__ = ["plan_args", "cmd_plan"]
 
 
 def plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="reference model to train as the baseline (e.g. lenet300)")
-    p.add_argument("--checkpoint", default=None, help="start from this artifact instead of training")
-    p.add_argument("--data", required=True, help="data set (mnist5k, fashion_mnist, digits, synthetic)")
+    from torchshrink.cli_compress import baseline_args
+
+    baseline_args(p)
     p.add_argument("--max-bytes", type=float, default=None,
                    help="file size budget: <= 1 is a fraction of the baseline file, larger is bytes")
     p.add_argument("--max-latency", type=float, default=None,
@@ -27,9 +27,6 @@ def plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
     p.add_argument("--out", default=None, help="write the best model to this artifact (F.tsz)")
     p.add_argument("--report", default=None, help="JSON report to write")
-    p.add_argument("--epochs", type=int, default=None, help="baseline training epochs (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
