@@ -82,3 +82,14 @@ def test_default_menu_is_valid_recipes() -> None:
     assert len(menu) >= 5
     for r in menu:
         assert ts.Recipe.from_dict(r.to_dict()) == r  # each round-trips as YAML-able data
+
+
+def test_plot_writes_a_png(setup: tuple, tmp_path: object) -> None:
+    pytest.importorskip("matplotlib")
+    model, x, fidelity = setup
+    res = ts.plan(model, [ts.DynamicInt8(), ts.WeightOnly(bits=4, group_size=None)], evaluate=fidelity,
+                  max_bytes=0.2, example=x[:8], latency_runs=3, progress=False)
+    path = f"{tmp_path}/plan.png"
+    res.plot(path)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

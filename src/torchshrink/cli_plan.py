@@ -27,6 +27,7 @@ def plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size at which latency is measured (default 1)")
     p.add_argument("--out", default=None, help="write the best model to this artifact (F.tsz)")
     p.add_argument("--report", default=None, help="JSON report to write")
+    p.add_argument("--plot", default=None, help="PNG of bytes against accuracy for every candidate")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -69,6 +70,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             report["baseline_test_accuracy"] = b.accuracy(b.model)
             print(f"wrote {args.out}: test accuracy {test_acc:.2f}% read back from the file "
                   f"(baseline {report['baseline_test_accuracy']:.2f}%), {os.path.getsize(args.out):,} bytes")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        res.plot(args.plot)
+        print(f"wrote {args.plot}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=2))

@@ -84,6 +84,44 @@ class PlanResult:
         return format_table(rows[0], rows[1:], right=(2, 3, 4, 5, 6))
 
 
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """File bytes (log scale) against the metric for every measured candidate, the
+        baseline and the budget marked, the winner ringed; written as PNG (needs matplotlib:
+        pip install 'torchshrink[plot]')."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")  # no display needed
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ConfigError("PlanResult.plot needs matplotlib: pip install 'torchshrink[plot]'") from e
+        done = [c for c in self.candidates if c.skipped is None and c.file_bytes and c.metric is not None]
+        def xy(c: Candidate) -> tuple[float, float]:
+            return float(c.file_bytes or 0), float(c.metric if c.metric is not None else float("nan"))
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+        for i, c in enumerate(done, 1):
+            ax.scatter(*xy(c), color="tab:green" if c.meets_budget else "tab:gray", zorder=3)
+            ax.annotate(str(i), xy(c), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(*xy(self.baseline), marker="s", color="tab:blue", label="baseline", zorder=3)
+        if self.best is not None:
+            ax.scatter(*xy(self.best), s=220, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                       label="chosen", zorder=4)
+        if self.budget.get("max_bytes") is not None:
+            ax.axvline(float(self.budget["max_bytes"]), color="tab:red", linestyle="--", linewidth=1,  # type: ignore[arg-type]
+                       label="byte budget")
+        ax.set_xscale("log")
+        ax.set_xlabel("file bytes (log scale)")
+        ax.set_ylabel("metric (higher is better)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        key = "\n".join(f"{i}: {c.name}" + ("" if c.meets_budget else " (over budget)") for i, c in enumerate(done, 1))
+        fig.text(0.01, -0.02, key, fontsize=7, va="top", family="monospace")
+        ax.set_title("ts.plan: every candidate measured (green: within budget)")
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+
+
 def default_candidates() -> list[Recipe]:
     """A short menu of one- and two-stage recipes that need no fine-tuning data, from gentle
     to aggressive. Pass your own (with fine-tune stages) for better trade-offs."""
