@@ -60,8 +60,10 @@ class WeightOnlyLayer(nn.Module):
     col_scale: torch.Tensor | None
 
     def __init__(self, op: LayerOp, *, bits: int, symmetric: bool, granularity: Granularity,
-                 group_size: int | None, bias: bool, col_scale: bool = False) -> None:
+                 group_size: int | None, bias: bool, col_scale: bool = False, cpu_kernel: bool = False) -> None:
         super().__init__()
+        self.cpu_kernel = cpu_kernel
+        self._int4: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None  # (key, packed, scales/zeros)
         self.op = dict(op)
         self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
         self.group_size = group_size if granularity == "group" else None
@@ -78,6 +80,8 @@ class WeightOnlyLayer(nn.Module):
 
     @property
     def execution(self) -> str:
+        if self.cpu_kernel and int4_kernel_ok(self):
+            return "bit-packed int4, PyTorch's int4 CPU matmul kernel (bf16 activations) in eval mode"
         return f"bit-packed int{self.bits} dequant-on-the-fly"
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
@@ -95,7 +99,37 @@ class WeightOnlyLayer(nn.Module):
             w = w / self.col_scale.reshape(1, *self.shape[1:])
         return w
 
+    def _int4_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight in the kernel's packed layout and its (groups, out, 2) bf16 scales and
+        zeros, built once from the codes and rebuilt only if the codes change."""
+        key = (self.packed.data_ptr(), self.packed._version)
+        if self._int4 is None or self._int4[0] != key:
+            n, k = self.shape
+            codes = unpack(self.packed, 4, n * k).reshape(n, k).to(torch.int32)
+            g = k // int(self.group_size or k)
+            scale = self.scale.reshape(n, g).float()
+            # The kernel computes (q - 8) * scale + zero. Ours is (c + qmin - zero_point) * scale,
+            # qmin = -8 symmetric (zero_point 0) or 0 asymmetric: zero = (8 + qmin - zero_point) * scale.
+            qmin = -8 if self.symmetric else 0
+            zp = torch.zeros_like(scale) if self.zero_point is None else self.zero_point.reshape(n, g).float()
+            zero = (8 + qmin - zp) * scale
+            sz = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
+            self._int4 = (key, packed, sz)
+        return self._int4[1], self._int4[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_kernel and not self.training and x.device.type == "cpu" and int4_kernel_ok(self):
+            packed, sz = self._int4_operands()
+            n, k = self.shape
+            x2 = x.reshape(-1, k)
+            if self.col_scale is not None:
+                x2 = x2 / self.col_scale
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), packed, int(self.group_size or k),
+                                                           sz).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)
+            return y.reshape(*x.shape[:-1], n)
         w = self.dequantized_weight().to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         return run_op(self.op, x, w, b)
@@ -112,14 +146,25 @@ class WeightOnlyLayer(nn.Module):
                f"granularity={self.granularity}{g}"
 
 
+INT4_GROUPS = (32, 64, 128, 256)  # what PyTorch's int4 CPU kernel accepts
+
+
+def int4_kernel_ok(m: WeightOnlyLayer) -> bool:
+    """Whether PyTorch's int4 CPU matmul can run this layer: a Linear with 4-bit group-wise
+    codes, a group of 32/64/128/256 and a multiple of 16 outputs (its packing tiles)."""
+    return (m.op["kind"] == "linear" and m.bits == 4 and m.granularity == "group" and m.group_size in INT4_GROUPS
+            and m.shape[0] % 16 == 0 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"))
+
+
 register_module(
     WeightOnlyLayer,
     to_spec=lambda m: {"op": m.op, "bits": m.bits, "symmetric": m.symmetric, "granularity": m.granularity,
                        "group_size": m.group_size, "bias": m.bias is not None,
-                       **({"col_scale": True} if m.col_scale is not None else {})},
+                       **({"col_scale": True} if m.col_scale is not None else {}),
+                       **({"cpu_kernel": True} if m.cpu_kernel else {})},
     from_spec=lambda s: WeightOnlyLayer(s["op"], bits=s["bits"], symmetric=s["symmetric"],
                                         granularity=s["granularity"], group_size=s["group_size"], bias=s["bias"],
-                                        col_scale=s.get("col_scale", False)),
+                                        col_scale=s.get("col_scale", False), cpu_kernel=s.get("cpu_kernel", False)),
     name="WeightOnlyLayer",
 )
 
@@ -237,6 +282,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         if bar is not None:
             bar.close()
     for name, q in done.items():
+        q.cpu_kernel = config.cpu_kernel
         set_module(model, name, q)
     return model
 
@@ -281,6 +327,10 @@ class WeightOnly(Config):
         input column by its activation size to the power alpha (searched per layer on the same
         data) before rounding and divides it back out: one more float per input column. Layers
         after QAT, codebook layers and grouped convs keep RTN.
+    cpu_kernel: run eligible layers (int4 Linear, group_size 32/64/128/256, outputs a multiple
+        of 16) through PyTorch's packed int4 CPU matmul in eval mode: several times faster than
+        float at batch 1, with activations and scales rounded to bfloat16 (outputs differ from
+        the float path by about 1e-2 relative). The file is the same; export uses the float path.
     """
 
     bits: int = 4
@@ -288,6 +338,7 @@ class WeightOnly(Config):
     symmetric: bool = True
     clip: Literal["minmax", "mse", "output"] = "mse"
     algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
+    cpu_kernel: bool = False
     calibration_batches: int = 32
     damping: float = 0.01
     targets: tuple[str, ...] | None = None
