@@ -196,8 +196,13 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
                      symmetric: bool) -> torch.Tensor:
     """Exactly the value `fake_quantize` computes for the same grid (same float operations)."""
     qmin, _ = qrange(bits, symmetric)
-    q = codes.to(torch.float32) + qmin
-    return (q - zero) * scale
+    # In place on one fresh float tensor: the same operations in the same order as
+    # `(codes + qmin - zero) * scale`, so the same bits, at a third of the memory traffic.
+    q = codes.to(torch.float32, copy=True)
+    q.add_(qmin)
+    q.sub_(zero)
+    q.mul_(scale)
+    return q
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -91,7 +91,7 @@ class WeightOnlyLayer(nn.Module):
             self.zero_point.copy_(zero.reshape(-1, 1).to(torch.uint8))
 
     def dequantized_weight(self) -> torch.Tensor:
-        codes = unpack(self.packed, self.bits, math.prod(self.shape)).reshape(self.shape)
+        codes = unpack(self.packed, self.bits, math.prod(self.shape), dtype=torch.uint8).reshape(self.shape)
         rows = group_rows(codes, self.granularity, self.group_size)
         zero = torch.zeros_like(self.scale) if self.zero_point is None else self.zero_point.float()
         w = dequantize_codes(rows, self.scale, zero, self.bits, self.symmetric).reshape(self.shape)
