@@ -38,8 +38,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from torchshrink.plan import plan
     from torchshrink.train import evaluate
 
-    if args.model is None and args.checkpoint is None:
-        raise ConfigError("give --model NAME (a baseline is trained) or --checkpoint FILE")
     if args.max_bytes is None and args.max_latency is None:
         raise ConfigError("give a budget: --max-bytes and/or --max-latency (<= 1: a fraction of the baseline)")
     for r in args.recipe or []:
