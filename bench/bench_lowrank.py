@@ -147,19 +147,42 @@ def allocator() -> str:
     return "tuned" if all(os.environ.get(k) == v for k, v in TUNED_MALLOC.items()) else "default"
 
 
-def latency_in_child(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int,
-                     tuned: bool) -> dict[str, dict[str, float]]:
-    """The same interleaved timing in a fresh process under the other allocator regime (the
-    models travel as a pickled file this run wrote itself)."""
+def latency_in_child(models: dict[str, nn.Module], x: torch.Tensor, repeats: int, threads: int, tuned: bool,
+                     peers: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The same interleaved timing in a fresh process under the other allocator regime. Our
+    models travel as artifacts (ts.save / ts.load: no pickled code); the tensorly-torch peer,
+    which has no artifact form, is rebuilt there from the fp32 artifact with its rank fraction
+    (`peers[label] = q`): the same structure, so the same speed."""
     env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
     if tuned:
         env.update(TUNED_MALLOC)
     with tempfile.TemporaryDirectory() as d:
-        src, out = Path(d) / "models.pt", Path(d) / "latency.json"
-        torch.save({"models": models, "x": x}, src)
+        spec: dict[str, Any] = {"x": str(Path(d) / "x.pt"), "fp32": str(Path(d) / "fp32.tsz"), "models": {}}
+        torch.save(x, spec["x"])
+        ts.save(models["fp32"], spec["fp32"])
+        for i, (label, m) in enumerate(models.items()):
+            if label in peers:
+                spec["models"][label] = {"tltorch_conv_q": peers[label]}
+            elif label == "fp32":
+                spec["models"][label] = {"tsz": spec["fp32"]}
+            else:
+                path = str(Path(d) / f"m{i}.tsz")
+                ts.save(m, path)
+                spec["models"][label] = {"tsz": path}
+        src, out = Path(d) / "spec.json", Path(d) / "latency.json"
+        src.write_text(json.dumps(spec))
         subprocess.run([sys.executable, __file__, "--latency-child", str(src), str(out), "--threads", str(threads),
                         "--repeats", str(repeats)], env=env, check=True)
         return json.loads(out.read_text())
+
+
+def _child_latency(spec_path: str, out_path: str, repeats: int) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    x = torch.load(spec["x"], weights_only=True)
+    base = ts.load(spec["fp32"])
+    models = {label: ts.load(m["tsz"]) if "tsz" in m else tltorch_factorize(base, m["tltorch_conv_q"], (nn.Conv2d,))
+              for label, m in spec["models"].items()}
+    Path(out_path).write_text(json.dumps(latency(models, x, repeats)))
 
 
 def load_average() -> float | None:
@@ -260,6 +283,7 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
     xb = ts.models.example_input(base, 32)
     calib = [batch for _, batch in zip(range(8), train)]
     variants: dict[str, tuple[nn.Module, str]] = {}
+    peers: dict[str, float] = {}  # label -> tltorch rank fraction, to rebuild the peer in the child
     for mode, frac in (("channel", b), ("spatial", b), ("channel", args.resnet_macs_low)):
         cfg = ts.SvdFactorization(budget_macs=frac, mode=mode)  # type: ignore[arg-type]
         variants[f"MACs {frac} ({mode})"] = (ts.factorize(copy.deepcopy(base), cfg, example=x1, calibration=calib),
@@ -279,6 +303,7 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
         q, peer = match(lambda q: tltorch_factorize(base, q, (nn.Conv2d,)), lambda m: macs(m, x1), b * m0, iters=7)
         recalibrate_batchnorm(peer, calib)
         variants[f"tensorly-torch Tucker {b}"] = (peer, f"tltorch Tucker conv rank={q:.3f} (MACs matched <= budget)")
+        peers[f"tensorly-torch Tucker {b}"] = q
 
     # Latency first (weights do not change speed), all models interleaved in one loop, then the
     # same models in a child process under the other allocator regime.
@@ -287,7 +312,7 @@ def resnet_section(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
     lat = latency(timed, xb, args.repeats)
     load_after = load_average()
     here = allocator()
-    other = latency_in_child(timed, xb, args.repeats, args.threads, tuned=here != "tuned")
+    other = latency_in_child(timed, xb, args.repeats, args.threads, tuned=here != "tuned", peers=peers)
     lat_by = {here: lat, ("default" if here == "tuned" else "tuned"): other}
     fp32_ms, fp32_min = lat["fp32"]["median_ms"], lat["fp32"]["min_ms"]
     print(f"  latency done: fp32 {fp32_ms:.1f} ms with the {here} allocator, {other['fp32']['median_ms']:.1f} ms "
@@ -343,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.latency_child:
-        src, dst = args.latency_child
-        blob = torch.load(src, weights_only=False)  # written by this same run a moment ago
-        Path(dst).write_text(json.dumps(latency(blob["models"], blob["x"], args.repeats)))
+        _child_latency(*args.latency_child, args.repeats)
         return 0
     if args.allocator == "tuned" and allocator() != "tuned" and argv is None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
