@@ -25,6 +25,7 @@ from torch import nn
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError, ShrinkError
 from torchshrink.recipe import Recipe, Stage, compress, load_recipe
+from torchshrink.train import progress_bar
 
 __all__ = ["Candidate", "PlanResult", "default_candidates", "plan"]
 
@@ -236,11 +237,7 @@ def plan(
     limit_bytes = None if max_bytes is None else (max_bytes * base.file_bytes if max_bytes <= 1.0 else max_bytes)  # type: ignore[operator]
     limit_ms = None if max_latency is None else (max_latency * base.latency_ms if max_latency <= 1.0 else max_latency)  # type: ignore[operator]
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(recipes), desc="plan", leave=False, dynamic_ncols=True)
+    bar = progress_bar(len(recipes), "plan", progress)
     out: list[Candidate] = []
     best: Candidate | None = None
     best_model: nn.Module | None = None  # only the leader's model is kept, not every candidate's

@@ -402,7 +402,7 @@ def fit(
     t0 = time.perf_counter()
     for cb in callbacks:
         cb.on_fit_start(model, state)
-    bar = _progress(total, desc, show)
+    bar = progress_bar(total, desc, show)
     try:
         for epoch in range(epochs):
             state.epoch = epoch
@@ -553,7 +553,9 @@ def _unlabeled_loss(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, de
     return sum(vals) / max(1, len(vals))
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
+    """A transient tqdm bar for long work, or None when `enabled` is false (callers update and
+    close it only when it is not None); the one place progress bars are made."""
     if not enabled:
         return None
     from tqdm.auto import tqdm

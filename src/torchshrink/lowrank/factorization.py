@@ -25,6 +25,7 @@ from torchshrink.lowrank.rank import (
     Solver,
     interpolate_loss,
     measured_loss_points,
+    min_total,
     select_ranks,
     spectral_loss,
 )
@@ -48,6 +49,7 @@ from torchshrink.nn import (
     set_module,
 )
 from torchshrink.registry import Context, register
+from torchshrink.train import progress_bar
 
 __all__ = ["SvdFactorization", "apply_svd_factorization", "chosen_ranks", "layer_macs", "count_params"]
 
@@ -374,7 +376,7 @@ def _budget_problem(model: nn.Module, config: SvdFactorization, ctx: Context, sp
     if any(k == "latency" for k, _ in budgets):
         was = model.training
         model.eval()
-        bar = _bar(len(spectra), ctx.progress, "layer latency")
+        bar = progress_bar(len(spectra), "layer latency", ctx.progress)
         try:
             tables = measure_tables(model, spectra, limits, example, rounds=config.latency_rounds, progress=bar)
         finally:
@@ -418,7 +420,7 @@ def _budget_problem(model: nn.Module, config: SvdFactorization, ctx: Context, sp
             raise ConfigError("score='loss' measures each layer with evaluate(model) -> float (higher is better); "
                               "pass evaluate= to ts.factorize")
         base = float(ctx.evaluate(model))
-        bar = _bar(len(free), ctx.progress, "rank scores")
+        bar = progress_bar(len(free), "rank scores", ctx.progress)
         losses = {}
         for sp in free:
             spec = spectral_loss(sp.s.numpy(), limits[sp.name])
@@ -454,7 +456,7 @@ def _meet_latency(model: nn.Module, config: SvdFactorization, ctx: Context, spec
     target = float(config.budget_latency)  # type: ignore[arg-type]
     example = _example(model, ctx)
     mods = {sp.name: sp for sp in spectra}
-    floor = problem.fixed[k] + sum(float(c.costs[k].min()) for c in problem.cands)
+    floor = float(min_total(problem.cands, problem.fixed)[k])
     problem.budget[k] = max(problem.budget[k], floor)
     tried: list[tuple[float, float, dict[str, int | None]]] = []  # (measured ratio, budget, ranks)
     was = model.training
@@ -499,14 +501,6 @@ _TOL = 1.02  # a measured ratio this close to the target counts as met: timing n
 def _batch_of(example: Any) -> int | str:
     x = example[0] if isinstance(example, tuple) else example
     return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() > 0 else "?"
-
-
-def _bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,14 +216,14 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, expected: Sequence[in
     Raises DataError naming the shape when a batch does not fit the model. Returns the number
     of batches seen.
     """
-    from tqdm.auto import tqdm
+    from torchshrink.train import progress_bar
 
     was_training = model.training
     model.eval()
     total = len(batches) if isinstance(batches, Sized) else None
     if limit is not None and total is not None:
         total = min(total, limit)
-    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if progress else None
+    bar = progress_bar(total, desc, progress)
     seen = 0
     try:
         for i, batch in enumerate(batches):

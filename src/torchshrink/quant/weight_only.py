@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ from torchshrink.quant.layers import (
 )
 from torchshrink.quant.packing import pack, packed_bytes, unpack
 from torchshrink.registry import Context, register
+from torchshrink.train import progress_bar
 
 __all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
 
@@ -248,7 +249,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         raise ConfigError(f"WeightOnly({what}) needs calibration data to measure each layer's inputs: "
                           "pass calibration=loader (a few dozen batches of inputs) to ts.quantize, or use "
                           "algorithm='rtn', which needs none")
-    bar = _bar(len(layers), ctx.progress and data_aware, config.algorithm)
+    bar = progress_bar(len(layers), config.algorithm, ctx.progress and data_aware)
     done: dict[str, WeightOnlyLayer] = {}
 
     def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
@@ -298,14 +299,6 @@ class _Decoded(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_op(self.op, x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-
-def _bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 @register(family="quant", handler=apply_weight_only)
