@@ -133,6 +133,6 @@ def test_h_blocks_are_the_diagonal_blocks() -> None:
     from torchshrink.quant.fake import h_blocks_for
 
     h = torch.arange(36.0).reshape(6, 6)
-    blocks = h_blocks_for(h, 2)
+    blocks = h_blocks_for(h, "group", 2)
     assert blocks.shape == (3, 2, 2)
     assert torch.equal(blocks[1], h[2:4, 2:4])

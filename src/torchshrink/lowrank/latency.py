@@ -25,6 +25,7 @@ from torch import nn
 
 from torchshrink.lowrank.svd import LayerSpectrum, factorize_layer
 from torchshrink.measure.latency import interleaved_times
+from torchshrink.measure.macs import call
 from torchshrink.nn import set_module
 
 __all__ = ["GRID_STEP", "LatencyTables", "rank_grid", "measure_tables", "model_time_ratio"]
@@ -50,9 +51,10 @@ def rank_grid(limit: int, step: int = GRID_STEP) -> list[int]:
 
 
 def _call(module: nn.Module, x: Any) -> Callable[[], Any]:
+    """A no-argument, no-grad call of `module` on `x`, for the interleaved timer."""
     def run() -> Any:
         with torch.no_grad():
-            return module(*x) if isinstance(x, tuple) else module(x)
+            return call(module, x)
     return run
 
 

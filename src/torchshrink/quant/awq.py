@@ -32,8 +32,7 @@ __all__ = ["awq_column_scale"]
 def _rtn(w: torch.Tensor, bits: int, symmetric: bool, granularity: Granularity, group_size: int | None,
          method: WeightMethod, h: torch.Tensor) -> torch.Tensor:
     rows = group_rows(w, granularity, group_size)
-    hb = h_blocks_for(h, group_size if granularity == "group" and group_size else h.shape[0]) \
-        if method == "output" else None
+    hb = h_blocks_for(h, granularity, group_size) if method == "output" else None
     scale, zero = grid_params(rows, bits, symmetric, method, h_blocks=hb)
     return dequantize_codes(quantize_codes(rows, scale, zero, bits, symmetric), scale, zero, bits,
                             symmetric).reshape(w.shape)

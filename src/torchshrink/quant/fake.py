@@ -145,9 +145,11 @@ def _output_error(d: torch.Tensor, h_blocks: torch.Tensor) -> torch.Tensor:
     return torch.einsum("obk,bkl,obl->ob", by_block, h_blocks, by_block).reshape(-1, 1)
 
 
-def h_blocks_for(hessian: torch.Tensor, group: int) -> torch.Tensor:
-    """The diagonal blocks of an input second moment (width, width) for groups of `group`
-    consecutive input columns: (width // group, group, group)."""
+def h_blocks_for(hessian: torch.Tensor, granularity: Granularity, group_size: int | None) -> torch.Tensor:
+    """The diagonal blocks of an input second moment (width, width) matching a weight grid:
+    (width // group, group, group) for groups of `group_size` input columns, or the whole
+    matrix as one block for a per-channel grid."""
+    group = group_size if granularity == "group" and group_size else hessian.shape[0]
     n = hessian.shape[0] // group
     idx = torch.arange(n)
     return hessian.reshape(n, group, n, group)[idx, :, idx, :]

@@ -49,7 +49,7 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, symmet
     ngroups = cols // per_group
     scale = torch.ones(rows, ngroups)
     zero = torch.zeros(rows, ngroups)
-    blocks = h_blocks_for(hessian.detach().float(), per_group) if method == "output" else None
+    blocks = h_blocks_for(hessian.detach().float(), granularity, group_size) if method == "output" else None
     if granularity != "group":  # one grid per output row, from the weights before the sweep
         s, z = grid_params(w, bits, symmetric, method, h_blocks=blocks)
         scale[:], zero[:] = s, z

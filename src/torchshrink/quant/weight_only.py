@@ -203,7 +203,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
             check_group(name, in_width(op), group_size)
         w = weight_of(m)
         col_scale = None
-        if hessian is not None and granularity != "tensor" and algorithm == "gptq":  # noqa: SIM114
+        if hessian is not None and granularity != "tensor" and algorithm == "gptq":
             keep_zero = (w == 0) if chain else None  # a parametrized weight's zeros are pruned: keep them
             codes, scale, zero = gptq_codes(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
                                             group_size=group_size, method=method, keep_zero=keep_zero,
@@ -221,7 +221,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
                 if h is None or granularity == "tensor":
                     method = "mse"  # no input statistics here (a layer left out of calibration)
                 else:
-                    hb = h_blocks_for(h, group_size if granularity == "group" and group_size else h.shape[0])
+                    hb = h_blocks_for(h, granularity, group_size)
             rows = group_rows(w, granularity, group_size)
             scale, zero = grid_params(rows, bits, symmetric, method, h_blocks=hb)
             codes = quantize_codes(rows, scale, zero, bits, symmetric)
