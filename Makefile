@@ -19,7 +19,7 @@ test: setup
 	$(PYTHON) -m pytest -x -p no:cacheprovider --timeout=600
 
 test-slow: setup
-	$(PYTHON) -m pytest -m slow -p no:cacheprovider
+	$(PYTHON) -m pytest -m slow -p no:cacheprovider --timeout=1800
 
 lint:
 	$(PYTHON) -m ruff check src tests bench

@@ -63,18 +63,6 @@ def _config(method: Method) -> Config:
     return example() if callable(example) else cls()
 
 
-@pytest.fixture(autouse=True)
-def builtin_encodings(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer verifies every candidate encoding bit-exact before using it, so which
-    # encodings are registered cannot change whether a round trip is exact; what is method
-    # specific is the structure replay and parametrization re-attachment checked here. The
-    # entropy coders have their own tests, and leaving them out keeps this module fast.
-    from torchshrink.codec import encodings
-
-    monkeypatch.setattr(encodings, "_ENCODINGS", {k: v for k, v in encodings._ENCODINGS.items()
-                                                  if k in ("dense", "zeros", "const", "bits")})
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
