@@ -14,7 +14,14 @@ from typing import Any
 from torchshrink.cli import options
 from torchshrink.cli.baseline import baseline, check_baseline, data_names, model_names
 from torchshrink.cli.paths import prepare_output, write_text
-from torchshrink.cli.tables import dense_bytes, layer_rows, layer_table, paper_style_bits, stage_rows, stage_table
+from torchshrink.cli.tables import (
+    dense_bytes,
+    layer_rows,
+    layer_table,
+    paper_style_bits,
+    stage_rows,
+    stage_table,
+)
 
 NAME = "compress"
 HELP = "train or load a baseline, run a recipe, write the compressed file, report"

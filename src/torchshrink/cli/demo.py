@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from torchshrink.cli import options
-from torchshrink.cli.baseline import DATA_SEED, fit_kwargs, loaders, test_loader, train_recipe, training_overrides
+from torchshrink.cli.baseline import (
+    DATA_SEED,
+    fit_kwargs,
+    loaders,
+    test_loader,
+    train_recipe,
+    training_overrides,
+)
 from torchshrink.cli.paths import prepare_output_dir
 
 NAME = "demo"

@@ -18,7 +18,7 @@ class UsageError(ConfigError):
     """A command line argparse rejects (unknown option, missing or malformed value)."""
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: object) -> str:
     return " ".join(str(e).split())
 
 

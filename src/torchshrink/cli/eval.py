@@ -7,7 +7,13 @@ import json
 from typing import Any
 
 from torchshrink.cli import options
-from torchshrink.cli.baseline import DATA_SEED, artifact_metadata, check_data_name, data_names, test_loader
+from torchshrink.cli.baseline import (
+    DATA_SEED,
+    artifact_metadata,
+    check_data_name,
+    data_names,
+    test_loader,
+)
 from torchshrink.errors import ConfigError, DataError
 
 NAME = "eval"
