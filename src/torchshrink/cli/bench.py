@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.export import target
 from torchshrink.errors import ConfigError, did_you_mean
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.baseline import (
     DATA_SEED,
     fit_kwargs,

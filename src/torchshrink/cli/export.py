@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.baseline import artifact_metadata, check_data_name, reference_or_file
 from torchshrink.cli.paths import prepare_output
 from torchshrink.errors import ConfigError, did_you_mean

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.baseline import model_names, reference_or_file
 from torchshrink.errors import ArtifactError, ConfigError
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from torchshrink.cli import bench, compress, demo, export, inspect, plan, train
-from torchshrink.cli import eval as eval_cmd
+import torchshrink.cli.bench as bench
+import torchshrink.cli.compress as compress
+import torchshrink.cli.demo as demo
+import torchshrink.cli.eval as eval_cmd
+import torchshrink.cli.export as export
+import torchshrink.cli.inspect as inspect
+import torchshrink.cli.plan as plan
+import torchshrink.cli.train as train
 from torchshrink.cli.errors import USAGE_EXIT, UsageError, one_line, run_guarded
 from torchshrink.cli.options import SCHEME, Parser
 

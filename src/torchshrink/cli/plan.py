@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.baseline import baseline, check_baseline, data_names, model_names
 from torchshrink.cli.paths import prepare_output, write_text
 from torchshrink.errors import ConfigError

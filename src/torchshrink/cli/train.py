@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from torchshrink.cli import options
+import torchshrink.cli.options as options
 from torchshrink.cli.baseline import (
     DATA_SEED,
     build_model,
