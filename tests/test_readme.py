@@ -7,6 +7,7 @@ demo`, `make test`) is what CI itself runs, so it is not run again from inside t
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -54,10 +55,14 @@ def test_python_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.slow
 def test_cli_quickstart_runs(tmp_path: Path) -> None:
+    # cwd is a temporary directory: a relative PYTHONPATH (src) would resolve there, so the
+    # child imports this checkout's package by absolute path
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     for args in cli_lines():
         proc = subprocess.run([sys.executable, "-m", "torchshrink", *args, *(["--quiet"] if args[0] in (
-            "train", "compress", "plan", "demo") else [])], cwd=tmp_path, capture_output=True, text=True,
-            timeout=3600)
+            "train", "compress", "plan", "demo") else [])], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=3600)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
     assert (tmp_path / "lenet300_dc.tsz").is_file() and (tmp_path / "best.tsz").is_file()
 
