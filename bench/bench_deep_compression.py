@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torchshrink as ts  # noqa: E402
-from torchshrink.cli_compress import layer_table, run_compress, stage_table  # noqa: E402
+from torchshrink.cli.compress import run_compress  # noqa: E402
+from torchshrink.cli.tables import layer_table, stage_table  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 # The paper's full-MNIST results (Han et al. 2016, Table 1), for the side-by-side column.
@@ -165,7 +166,7 @@ def main() -> int:
                 loaded["source"] = f"torchshrink compress --report {f}"
                 results.append(loaded)
     for model, data_name, epochs in runs:
-        recipe_path = ROOT / "recipes" / f"deep_compression_{model}.yaml"
+        recipe_path = ROOT / "src" / "torchshrink" / "recipes" / f"deep_compression_{model}.yaml"
         recipe: Any = str(recipe_path)
         if args.quick:
             recipe = _short_recipe(recipe_path)

@@ -132,9 +132,9 @@ def static_int8_resnet(quick: bool, tmp: str) -> dict[str, Any]:
 def deep_compression_lenet300(quick: bool, tmp: str) -> dict[str, Any]:
     import yaml
 
-    from torchshrink.cli_compress import run_compress
+    from torchshrink.cli.compress import run_compress
 
-    recipe_path = ROOT / "recipes" / "deep_compression_lenet300.yaml"
+    recipe_path = ROOT / "src" / "torchshrink" / "recipes" / "deep_compression_lenet300.yaml"
     recipe: str = str(recipe_path)
     if quick:  # every fine-tune cut to one epoch
         rec = ts.load_recipe(recipe_path).to_dict()

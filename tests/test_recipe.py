@@ -7,12 +7,14 @@ from torch import nn
 import torchshrink as ts
 from torchshrink.recipe import FineTune, Recipe, compress, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "torchshrink" / "recipes"
 
 
-@pytest.mark.parametrize("name", ["deep_compression_lenet300.yaml", "deep_compression_lenet5.yaml"])
-def test_shipped_recipes_load_and_round_trip(name: str) -> None:
-    rec = load_recipe(ROOT / "recipes" / name)
+@pytest.mark.parametrize("name", ["deep_compression_lenet300", "deep_compression_lenet5"])
+def test_shipped_recipes_load_by_name_and_round_trip(name: str) -> None:
+    assert name in ts.recipe.recipe_names()
+    rec = load_recipe(name)
+    assert rec == load_recipe(RECIPES / f"{name}.yaml")  # a path still works
     assert [s.name for s in rec.stages][-1] == "kmeans_sharing"
     assert all(s.finetune is not None for s in rec.stages)
     again = load_recipe(rec.to_yaml())
@@ -22,6 +24,31 @@ def test_shipped_recipes_load_and_round_trip(name: str) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ts.ConfigError, match="recipe file 'nope.yaml' not found"):
         load_recipe("nope.yaml")
+    with pytest.raises(ts.ConfigError, match="Did you mean 'deep_compression_lenet300'"):
+        load_recipe("deep_compresion_lenet300")
+
+
+def test_binary_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.yaml"
+    path.write_bytes(b"stages:\n\xff\xfe\x00binary")
+    with pytest.raises(ts.ConfigError, match=r"is not UTF-8 text \(byte 0xff at offset 8\)"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("stages:\n  - method: kmeans_sharing\n    bits: 4\n    bits: 3\n",
+     r"duplicate key 'bits' on line 4 \(first given on line 3\)"),
+    ("name: a\nname: b\nstages: [{method: kmeans_sharing}]\n", r"duplicate key 'name' on line 2"),
+    ("stages: [{method: kmeans_sharing, bits: 4, bits: 2}]\n", r"duplicate key 'bits' on line 1"),
+])
+def test_duplicate_keys_are_an_error(text: str, words: str) -> None:
+    with pytest.raises(ts.ConfigError, match=words):
+        load_recipe(text)
+
+
+def test_deep_nesting_is_a_config_error() -> None:
+    with pytest.raises(ts.ConfigError, match="nests too deeply|not valid YAML"):
+        load_recipe("stages: " + "[" * 5000 + "]" * 5000 + "\n")
 
 
 @pytest.mark.parametrize(
@@ -127,7 +154,7 @@ def test_cli_compress_writes_file_and_report(tmp_path: Path) -> None:
 
 
 def test_paper_style_bits_counts_fixed_width_positions() -> None:
-    from torchshrink.cli_compress import paper_style_bits
+    from torchshrink.cli.tables import paper_style_bits
 
     model = nn.Sequential(nn.Linear(16, 4, bias=False))
     with torch.no_grad():
@@ -145,10 +172,10 @@ def test_paper_style_bits_counts_fixed_width_positions() -> None:
 @pytest.mark.parametrize("model", ["lenet300", "lenet5"])
 def test_deep_compression_mnist5k_40x_within_0_2_points(model: str, tmp_path: Path) -> None:
     """The issue's bar, on the file read back: >= 40x smaller than dense fp32, <= 0.2 points lost."""
-    from torchshrink.cli_compress import run_compress
+    from torchshrink.cli.compress import run_compress
 
     rep = run_compress(model_name=model, data_name="mnist5k",
-                       recipe=str(ROOT / "recipes" / f"deep_compression_{model}.yaml"),
+                       recipe=f"deep_compression_{model}",
                        out=str(tmp_path / "f.tsz"), progress=False, print_fn=lambda s: None)
     assert rep["compressed"]["bytes"] == (tmp_path / "f.tsz").stat().st_size
     assert rep["ratio"] >= 40

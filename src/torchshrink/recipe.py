@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError, did_you_mean
 
-__all__ = ["FineTune", "Stage", "Recipe", "StageResult", "CompressResult", "load_recipe", "compress"]
+__all__ = ["FineTune", "Stage", "Recipe", "StageResult", "CompressResult", "load_recipe", "recipe_names", "compress"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -167,27 +168,98 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+_BUNDLED = "recipes"  # package data next to this module: torchshrink/recipes/<name>.yaml
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in the package (`load_recipe(name)` and `--recipe name`)."""
+    from importlib import resources
+
+    folder = resources.files("torchshrink").joinpath(_BUNDLED)
+    return sorted(e.name[: -len(".yaml")] for e in folder.iterdir() if e.name.endswith(".yaml"))
+
+
+def _bundled_text(name: str) -> str | None:
+    from importlib import resources
+
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if stem not in recipe_names():
+        return None
+    return resources.files("torchshrink").joinpath(_BUNDLED, f"{stem}.yaml").read_text(encoding="utf-8")
+
+
+def _looks_like_name(source: str) -> bool:
+    return os.sep not in source and "/" not in source
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that rejects a key given twice in one mapping: PyYAML keeps the last value
+    silently, so a recipe edited by appending a line would run something its text contradicts."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                continue
+            if first is not None:
+                raise ConfigError(f"duplicate key {key!r} on line {line} (first given on line {first}); "
+                                  "a recipe key may appear once per mapping: delete one of them")
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, label: str) -> Any:
+    """YAML text -> plain data, strict about duplicate keys; every failure is a ConfigError."""
+    try:
+        return yaml.load(io.StringIO(text), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{label}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label} is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{label} nests too deeply to be a recipe") from e
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe file {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start}); a recipe is a YAML file such as "
+                          f"{recipe_names()[0] if recipe_names() else 'deep_compression_lenet300'}.yaml") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe file {str(path)!r}: {e.strerror or e}") from e
+
+
 def load_recipe(source: str | os.PathLike[str] | Mapping[str, Any]) -> Recipe:
-    """A Recipe from a YAML file path, a YAML string (containing a newline) or a dict."""
+    """A Recipe from a YAML file path, the name of a bundled recipe (`recipe_names()`), a YAML
+    string (containing a newline) or a dict. A file at the given path wins over a bundled name."""
     if isinstance(source, Mapping):
         return Recipe.from_dict(source)
-    import yaml
-
     text: str
     label: str
     if isinstance(source, str) and "\n" in source:
         text, label = source, "recipe"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe "
-                              "(see recipes/deep_compression_lenet300.yaml)")
-        text, label = path.read_text(), str(path)
-    try:
-        data = yaml.safe_load(io.StringIO(text))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{label} is not valid YAML: {e}") from e
-    return Recipe.from_dict(data, source=label)
+        bundled = _bundled_text(str(source)) if isinstance(source, str) and _looks_like_name(source) else None
+        if path.is_file():
+            text, label = _read_text(path), str(path)
+        elif bundled is not None:
+            text, label = bundled, f"bundled recipe {str(source)!r}"
+        elif path.is_dir():
+            raise ConfigError(f"recipe {str(path)!r} is a directory; give a YAML file or a bundled recipe name")
+        else:
+            hint = did_you_mean(path.stem, recipe_names()) if recipe_names() else ""
+            raise ConfigError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe or the "
+                              f"name of a bundled one ({', '.join(recipe_names())}).{hint}")
+    return Recipe.from_dict(parse_yaml(text, label), source=label)
 
 
 @dataclasses.dataclass

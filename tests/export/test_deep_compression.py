@@ -15,7 +15,7 @@ from torchshrink.export.onnx import OrtRunner
 
 def _short_recipe() -> dict[str, Any]:
     # The shipped recipe's stages, with one fine-tune epoch each, so the test stays short.
-    rec = ts.load_recipe("recipes/deep_compression_lenet300.yaml").to_dict()
+    rec = ts.load_recipe("deep_compression_lenet300").to_dict()
     for stage in rec["stages"]:
         if "finetune" in stage:
             stage["finetune"]["epochs"] = 1

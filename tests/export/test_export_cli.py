@@ -52,8 +52,19 @@ def test_export_pt2_from_suffix(artifact: str, tmp_path: Any, capsys: Any) -> No
 def test_export_errors_are_one_line(artifact: str, tmp_path: Any, capsys: Any) -> None:
     assert main(["export", artifact, "--format", "tflite", "--out", f"{tmp_path}/m.tflite"]) == 2
     assert "unsupported export format 'tflite'; supported formats: onnx, pt2" in capsys.readouterr().err
-    assert main(["export", artifact, "--out", f"{tmp_path}/missing/m.onnx"]) == 2
-    assert f"output directory '{tmp_path}/missing' does not exist" in capsys.readouterr().err
+    assert main(["export", artifact, "--out", f"{tmp_path}/m.tflite"]) == 2
+    assert (f"--out '{tmp_path}/m.tflite': the suffix '.tflite' does not name an export format; "
+            "use .onnx (onnx) or .pt2 (pt2)") in capsys.readouterr().err
+    assert main(["export", artifact, "--format", "onnx", "--out", f"{tmp_path}/m.pt2"]) == 2
+    assert "the suffix '.pt2' does not name an export format; use .onnx for --format onnx" in capsys.readouterr().err
+    assert main(["export", artifact, "--batch", "2", "--out", f"{tmp_path}/m.onnx"]) == 2
+    assert "unrecognized arguments: --batch 2" in capsys.readouterr().err
+
+
+def test_export_creates_missing_directories(artifact: str, tmp_path: Any, capsys: Any) -> None:
+    out = tmp_path / "new" / "dir" / "m.onnx"
+    assert main(["export", artifact, "--out", str(out), "--trace-batch", "3"]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
 
 
 def test_bench_side_by_side(artifact: str, capsys: Any) -> None:
@@ -71,4 +82,4 @@ def test_bench_rejects_unknown_runtime(artifact: str, capsys: Any) -> None:
     assert main(["bench", artifact, "--runtime", "tensorrt"]) == 2
     assert "unknown runtime 'tensorrt'; runtimes: torch, onnxruntime" in capsys.readouterr().err
     assert main(["bench", artifact, "--batch", "0"]) == 2
-    assert "--batch must be positive integers" in capsys.readouterr().err
+    assert "argument --batch: must be positive integers like 1,32, got '0'" in capsys.readouterr().err

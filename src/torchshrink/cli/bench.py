@@ -1,0 +1,83 @@
+"""`torchshrink bench`: latency in PyTorch and ONNX Runtime, side by side.
+
+    torchshrink bench lenet.tsz --runtime torch,onnxruntime --batch 1,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from typing import Any
+
+import torchshrink.cli.options as options
+from torchshrink.cli.export import target
+from torchshrink.errors import ConfigError, did_you_mean
+
+NAME = "bench"
+HELP = "latency in PyTorch and ONNX Runtime, side by side (median and spread)"
+
+__all__ = ["run_bench", "add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="artifact file (.tsz) or reference model name")
+    p.add_argument("--runtime", default="torch,onnxruntime",
+                   help="torch, onnxruntime, or both comma-separated (default both)")
+    p.add_argument("--batch", type=options.batch_list, default=[1, 32],
+                   help="batch sizes latency is measured at, comma-separated (default 1,32)")
+    p.add_argument("--rounds", type=options.positive_int, default=15, help="interleaved rounds (default 15)")
+    p.add_argument("--threads", type=options.positive_int, default=1, help="threads for every runtime (default 1)")
+    options.add_json(p)
+
+
+def runtimes_of(text: str) -> list[str]:
+    from torchshrink.export.latency import RUNTIMES
+
+    runtimes = [r.strip() for r in text.replace("|", ",").split(",") if r.strip()]
+    for r in runtimes or [text]:
+        if r not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {r!r}; runtimes: {', '.join(RUNTIMES)}." + did_you_mean(r, RUNTIMES))
+    return runtimes
+
+
+def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[int],
+              rounds: int = 15, threads: int | None = 1) -> dict[str, Any]:
+    """Latency of `model` per runtime and batch size, measured side by side."""
+    import torch
+
+    from torchshrink.export import export
+    from torchshrink.export.latency import Target, interleaved, ort_target, table, torch_target
+
+    runtimes_of(",".join(runtimes))
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        parity = None
+        if "onnxruntime" in runtimes:
+            parity = export(model, path, example=example[: max(1, min(len(example), 2))]).parity
+        for b in batches:
+            reps = -(-b // example.shape[0])
+            x = torch.cat([example] * reps)[:b]
+            if "torch" in runtimes:
+                targets.append(torch_target(model, (x,), label=f"torch b={b}"))
+            if "onnxruntime" in runtimes:
+                targets.append(ort_target(path, (x,), threads=threads, label=f"onnxruntime b={b}"))
+        stats = interleaved(targets, rounds=rounds, threads=threads)
+    rows = [(t.label, stats[t.label]) for t in targets]
+    return {"table": table(rows), "rows": [{"target": k, "runtime": t.runtime, **v.to_dict()}
+                                           for (k, v), t in zip(rows, targets)],
+            "parity": parity.to_dict() if parity else None}
+
+
+def run(args: argparse.Namespace) -> int:
+    runtimes = runtimes_of(str(args.runtime))
+    model, example, _ = target(args.target, None, max(args.batch))
+    out = run_bench(model, example, runtimes=runtimes, batches=args.batch, rounds=args.rounds,
+                    threads=args.threads)
+    if args.json:
+        print(json.dumps({k: v for k, v in out.items() if k != "table"}, indent=2))
+    else:
+        print(out["table"])
+    return 0

@@ -1,0 +1,86 @@
+"""`torchshrink plan`: train or load a baseline, measure candidate recipes, keep the best one
+within a size/latency budget. Candidates are chosen on the validation split; the winner's test
+accuracy is then taken once, on the file read back, so the choice does not peek at the test set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import torchshrink.cli.options as options
+from torchshrink.cli.baseline import baseline, check_baseline, data_names, model_names
+from torchshrink.cli.paths import prepare_output, write_text
+from torchshrink.errors import ConfigError
+
+NAME = "plan"
+HELP = "measure candidate recipes and keep the best within a size/latency budget"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_baseline(p, model_names(), data_names())
+    p.add_argument("--max-bytes", type=options.positive_float, default=None,
+                   help="file size budget: <= 1 is a fraction of the baseline file, larger is bytes")
+    p.add_argument("--max-latency", type=options.positive_float, default=None,
+                   help="latency budget: <= 1 is a fraction of the baseline, larger is milliseconds")
+    p.add_argument("--recipe", action="append", default=None,
+                   help="a candidate recipe: a YAML file or a bundled name (repeat for several; "
+                        "default: the built-in menu)")
+    p.add_argument("--batch", type=options.positive_int, default=1,
+                   help="batch size latency is measured at (default 1)")
+    p.add_argument("--out", default=None, help="write the best model to this artifact (F.tsz)")
+    options.add_report(p)
+    p.add_argument("--plot", default=None, help="PNG of bytes against accuracy for every candidate")
+    options.add_json(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import torchshrink as ts
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout)
+
+    if args.max_bytes is None and args.max_latency is None:
+        raise ConfigError("give a budget: --max-bytes and/or --max-latency (<= 1: a fraction of the baseline)")
+    check_baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
+                   lr=args.lr)
+    recipes = [ts.load_recipe(r) for r in args.recipe] if args.recipe else None
+    for flag in ("out", "report", "plot"):
+        if getattr(args, flag):
+            prepare_output(getattr(args, flag), f"--{flag}")
+    b = baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
+                 lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, print_fn=say)
+
+    def val_accuracy(m: torch.nn.Module) -> float:
+        return float(ts.evaluate(m, b.val)["accuracy"])
+
+    example = next(iter(b.test))[0][: args.batch]
+    res = ts.plan(b.model, recipes, evaluate=val_accuracy, max_bytes=args.max_bytes,
+                  max_latency=args.max_latency, example=example, train=b.train, val=b.val, calibration=b.train,
+                  progress=not args.quiet)
+    say(res.table())
+    report: dict[str, Any] = res.to_dict()
+    if res.best is None:
+        say("\nno candidate meets the budget; relax it or pass --recipe with stronger recipes")
+    else:
+        say(f"\nbest within budget: {res.best.name} (validation accuracy {res.best.metric:.2f}%)")
+        if args.out:
+            assert res.model is not None
+            ts.save(res.model, args.out, metadata={"data": args.data, "plan": res.best.name})
+            test_acc = b.accuracy(ts.load(args.out))
+            report["best_test_accuracy_from_file"] = test_acc
+            report["baseline_test_accuracy"] = b.accuracy(b.model)
+            say(f"wrote {args.out}: test accuracy {test_acc:.2f}% read back from the file "
+                f"(baseline {report['baseline_test_accuracy']:.2f}%), {os.path.getsize(args.out):,} bytes")
+    if args.plot:
+        res.plot(args.plot)
+        say(f"wrote {args.plot}")
+    if args.report:
+        write_text(args.report, json.dumps(report, indent=2), "--report")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0 if res.best is not None else 1
