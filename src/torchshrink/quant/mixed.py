@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from torchshrink.config import Config, check, check_range
 from torchshrink.errors import ConfigError
@@ -135,7 +136,9 @@ def apply_mixed(model: nn.Module, config: MixedPrecision, ctx: Context) -> nn.Mo
                 params.remove(m, FakeQuant)
     # Hessian traces (HAWQ-v2), one block per layer, w.r.t. the trainable tensors.
     weights = [params.original(m) for _, m in layers]
-    with torch.enable_grad():
+    # Hessian-vector products differentiate twice; the fused CPU attention kernels have no
+    # double backward, the math kernel does (same function, so the traces are unchanged).
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         traces = hutchinson_trace(loss(), weights, config.hutchinson_samples)
     model.train(was_training)
     sens: dict[str, dict[int, float]] = {}
