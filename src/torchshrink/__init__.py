@@ -41,16 +41,16 @@ __all__ = [
     "quantize",
 ]
 
-# --- measure (issue 2) ---
+# --- measuring: size, MACs, latency, task metrics ---
 from torchshrink.measure import Report, compare, measure  # noqa: E402
 
 __all__ += ["Report", "compare", "measure"]
-# --- artifact (issue 2) ---
+# --- the artifact file ---
 from torchshrink import codec  # noqa: E402
 from torchshrink.codec import load, read_info, save  # noqa: E402
 
 __all__ += ["codec", "load", "read_info", "save"]
-# --- prune (issue 3) ---
+# --- pruning ---
 from torchshrink.prune import (  # noqa: E402
     ChannelPruning,
     GradualPruning,
@@ -62,7 +62,7 @@ from torchshrink.prune import (  # noqa: E402
 
 __all__ += ["ChannelPruning", "GradualPruning", "MagnitudePruning", "NMPruning", "SparseExecution",
             "SparsityRegularization"]
-# --- quant (issue 4) ---
+# --- quantization ---
 from torchshrink import quant  # noqa: E402
 from torchshrink.quant import (  # noqa: E402
     QAT,
@@ -76,23 +76,23 @@ from torchshrink.quant import (  # noqa: E402
 
 __all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "StaticInt8", "WeightOnly", "quant",
             "quant_diagnostics"]
-# --- cluster / codec / recipe (issue 5) ---
+# --- weight sharing, entropy coders, recipes ---
 from torchshrink.cluster import KMeansSharing  # noqa: E402
 from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
 from torchshrink.recipe import CompressResult, Recipe, compress, load_recipe  # noqa: E402
 
 __all__ += ["CompressResult", "KMeansSharing", "Recipe", "compress", "load_recipe"]
-# --- lowrank (issue 6) ---
+# --- low-rank factorization ---
 from torchshrink import lowrank  # noqa: E402
 from torchshrink.lowrank import SvdFactorization  # noqa: E402
 
 __all__ += ["SvdFactorization", "lowrank"]
-# --- distill (issue 7) ---
+# --- distillation ---
 from torchshrink import distill  # noqa: E402
 from torchshrink.distill import Distillation  # noqa: E402
 
 __all__ += ["Distillation", "distill"]
-# --- export (issue 8) ---
+# --- export to runtimes ---
 # `ts.export` is the function; the subpackage stays importable as torchshrink.export.<module>.
 from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402
 from torchshrink.export import export as export  # noqa: E402

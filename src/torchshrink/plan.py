@@ -24,8 +24,8 @@ from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError, ShrinkError
+from torchshrink.progress import progress_bar
 from torchshrink.recipe import Recipe, Stage, compress, load_recipe
-from torchshrink.train import progress_bar
 
 __all__ = ["Candidate", "PlanResult", "default_candidates", "plan"]
 

@@ -86,13 +86,7 @@ def register(*, family: Family, handler: Handler, name: str | None = None) -> Ca
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in method.
-    import torchshrink  # noqa: F401
-
-
 def get_method(name: str) -> Method:
-    _ensure_loaded()
     m = _METHODS.get(_key(name))
     if m is None:
         raise ConfigError(f"unknown method {name!r}." + did_you_mean(name, [m.name for m in _METHODS.values()]))
@@ -100,7 +94,6 @@ def get_method(name: str) -> Method:
 
 
 def methods(family: Family | None = None) -> list[Method]:
-    _ensure_loaded()
     return sorted((m for m in _METHODS.values() if family in (None, m.family)), key=lambda m: m.name)
 
 

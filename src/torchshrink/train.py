@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from torchshrink.batches import call_model, logits_of, to_device, unwrap_batch
 from torchshrink.errors import ConfigError, DataError
+from torchshrink.progress import progress_bar
 
 __all__ = ["Callback", "Checkpoint", "FitState", "FitResult", "fit", "evaluate", "accuracy", "mean_loss",
            "default_loss", "default_recipe", "fit_recipe", "seed_everything", "unwrap_batch", "is_main_process"]
@@ -32,30 +34,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def unwrap_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """(inputs, targets) from a batch: a (x, y) pair, a dict with input/label keys, or a bare x."""
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2:
-            return batch[0], batch[1]
-        if len(batch) == 1:
-            return batch[0], None
-        return batch[0], batch[1]
-    if isinstance(batch, dict):
-        x = batch.get("input", batch.get("x", batch.get("input_ids")))
-        return x, batch.get("label", batch.get("y", batch.get("labels")))
-    return batch, None
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
-
-
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy for (N, C) logits, or per position for (N, T, C) sequence logits."""
     if logits.dim() == 3:
@@ -65,10 +43,10 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
 
 def default_loss(model: nn.Module, batch: Any, label_smoothing: float = 0.0) -> torch.Tensor:
-    x, y = unwrap_batch(batch)
+    _, y = unwrap_batch(batch)
     if y is None:
         raise DataError("the default loss needs (input, target) batches; pass loss= for unlabeled data")
-    return classification_loss(model(x), y, label_smoothing)
+    return classification_loss(logits_of(call_model(model, batch)), y, label_smoothing)
 
 
 def _shape_error(model: nn.Module, x: Any, error: Exception) -> DataError | None:
@@ -134,12 +112,13 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device | 
     total, correct, loss_sum = 0, 0, 0.0
     try:
         for batch in loader:
-            x, y = unwrap_batch(_to(batch, dev))
+            batch = to_device(batch, dev, non_blocking=True)
+            x, y = unwrap_batch(batch)
             if y is None:
                 raise DataError("evaluate() needs (input, target) batches")
             with _autocast(dev, amp):
                 try:
-                    logits = model(x)
+                    logits = logits_of(call_model(model, batch))
                 except RuntimeError as e:
                     err = _shape_error(model, x, e)
                     if err is not None:
@@ -413,7 +392,7 @@ def fit(
             for batch in train:
                 if state.step >= total or state.stop:
                     break
-                batch = _to(batch, dev)
+                batch = to_device(batch, dev, non_blocking=True)
                 for cb in callbacks:
                     cb.on_step_start(model, state)
                 with _autocast(dev, amp):
@@ -548,16 +527,8 @@ def _labeled(loader: Iterable[Any]) -> bool:
 @torch.no_grad()
 def _unlabeled_loss(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn, dev: torch.device) -> float:
     model.eval()
-    vals = [float(loss_fn(model, _to(b, dev))) for b in loader]
+    vals = [float(loss_fn(model, to_device(b, dev, non_blocking=True))) for b in loader]
     model.train()
     return sum(vals) / max(1, len(vals))
 
 
-def progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
-    """A transient tqdm bar for long work, or None when `enabled` is false (callers update and
-    close it only when it is not None); the one place progress bars are made."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchshrink.batches import unwrap_batch
 from torchshrink.errors import ShrinkError
 
 __all__ = [
@@ -118,8 +119,6 @@ def sample_batches(example: Any, *, data: Iterable[Any] | None = None, rows: int
     """Check batches: from `data` (a loader of (x, y) or x batches) when given, else the
     example plus random batches like it, at two batch sizes so the dynamic batch dimension
     is exercised, about `rows` rows in all."""
-    from torchshrink.train import unwrap_batch
-
     out: list[Batch] = []
     if data is not None:
         n = 0

@@ -48,8 +48,8 @@ from torchshrink.nn import (
     select_layers,
     set_module,
 )
+from torchshrink.progress import progress_bar
 from torchshrink.registry import Context, register
-from torchshrink.train import progress_bar
 
 __all__ = ["SvdFactorization", "apply_svd_factorization", "chosen_ranks", "layer_macs", "count_params"]
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchshrink.batches import call_model, iter_calibration, to_device
 from torchshrink.errors import ConfigError
 
 __all__ = ["recalibrate_batchnorm"]
@@ -27,9 +28,6 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, limit: in
     `batches` (at most `limit` of them; inputs only, labels are ignored). Dropout and every
     other module stay in eval mode. Returns the number of BatchNorm layers updated (0 when the
     model has none, in which case no batch is read)."""
-    from torchshrink.prune.criteria import iter_calibration, to_device
-    from torchshrink.train import unwrap_batch
-
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     if not bns:
         return 0
@@ -47,8 +45,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], *, limit: in
             m.train()
         with torch.no_grad():
             for batch in iter_calibration(batches, limit):
-                x, _ = unwrap_batch(to_device(batch, dev))
-                model(x)
+                call_model(model, to_device(batch, dev))
                 seen += 1
         if seen == 0:
             raise ConfigError("recalibrate_batchnorm got no batches; pass a non-empty loader of inputs")

@@ -17,15 +17,16 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
+from torchshrink.batches import iter_calibration, split_batch, to_device
 from torchshrink.config import Config, check, check_choice, check_range
 from torchshrink.errors import ConfigError, UnsupportedModelError
 from torchshrink.nn import params, select_layers, set_module
 from torchshrink.nn.graph import DependencyGraph, is_attention_like, trace_dependencies
 from torchshrink.prune.attention import PrunedMultiheadAttention
-from torchshrink.prune.criteria import iter_calibration, labeled_batches, require_data, to_device
+from torchshrink.prune.criteria import labeled_batches, require_data
 from torchshrink.prune.mask import PruningMask, mask_of, set_mask
 from torchshrink.registry import Context, register
-from torchshrink.train import default_loss, unwrap_batch
+from torchshrink.train import default_loss
 
 __all__ = ["ChannelPruning", "prune_channels", "count_macs", "STRUCTURED_CRITERIA"]
 
@@ -185,8 +186,8 @@ def _activation_scores(sc: _Scorer, gm: fx.GraphModule, calibration: Iterable[An
     try:
         with torch.no_grad():
             for batch in iter_calibration(calibration, limit):
-                x, _ = unwrap_batch(to_device(batch, dev))
-                Rec(gm).run(*(x if isinstance(x, tuple) else (x,)))
+                args, kwargs, _ = split_batch(to_device(batch, dev))
+                Rec(gm).run(*args, *kwargs.values())
                 count += 1
     finally:
         gm.train(was)

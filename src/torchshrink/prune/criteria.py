@@ -29,12 +29,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from torchshrink.batches import call_model, iter_calibration, to_device, unwrap_batch
 from torchshrink.errors import ConfigError
 from torchshrink.prune.mask import weight_of
-from torchshrink.train import default_loss, unwrap_batch
+from torchshrink.train import default_loss
 
 __all__ = ["Criterion", "CRITERIA", "DATA_CRITERIA", "LABEL_CRITERIA", "weight_scores", "require_data",
-           "input_features", "collect_inputs", "iter_calibration"]
+           "input_features", "collect_inputs"]
 
 Criterion = Literal["l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs"]
 CRITERIA: tuple[str, ...] = ("l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs")
@@ -57,22 +58,6 @@ def _device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def to_device(x: Any, dev: torch.device) -> Any:
-    """A batch (tensor, or nested tuple/list of them) moved to `dev`; other values as they are."""
-    if isinstance(x, torch.Tensor):
-        return x.to(dev)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(v, dev) for v in x)
-    return x
-
-
-def iter_calibration(calibration: Iterable[Any], limit: int | None) -> Iterable[Any]:
-    for i, batch in enumerate(calibration):
-        if limit is not None and i >= limit:
-            return
-        yield batch
 
 
 def input_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +121,7 @@ def collect_inputs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], ca
     try:
         with torch.no_grad():
             for batch in iter_calibration(calibration, limit):
-                x, _ = unwrap_batch(to_device(batch, dev))
-                model(x)
+                call_model(model, to_device(batch, dev))
     finally:
         for h in handles:
             h.remove()

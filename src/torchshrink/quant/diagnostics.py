@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchshrink.batches import call_model, logits_of
 from torchshrink.nn import params
 from torchshrink.quant.cast import CastLayer
 from torchshrink.quant.dynamic import DynamicInt8Linear
@@ -25,7 +26,6 @@ from torchshrink.quant.fold import fold_batchnorm
 from torchshrink.quant.qat import ActQuantized
 from torchshrink.quant.static import StaticInt8Layer
 from torchshrink.quant.weight_only import WeightOnlyLayer
-from torchshrink.train import unwrap_batch
 
 __all__ = ["LayerDiagnostic", "QuantDiagnostics", "quant_diagnostics"]
 
@@ -135,9 +135,8 @@ def quant_diagnostics(reference: nn.Module, quantized: nn.Module, batches: Itera
         for i, batch in enumerate(batches):
             if i >= limit:
                 break
-            x, _ = unwrap_batch(batch)
-            final_ref.append(reference(x).float())
-            final_q.append(quantized(x).float())
+            final_ref.append(logits_of(call_model(reference, batch)).float())
+            final_q.append(logits_of(call_model(quantized, batch)).float())
     finally:
         for h in handles:
             h.remove()

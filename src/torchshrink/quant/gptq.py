@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchshrink.batches import call_model, iter_calibration, to_device
 from torchshrink.errors import ConfigError
 from torchshrink.nn.obs import inverse_hessian_factor, obs_sweep
 from torchshrink.quant.fake import (
@@ -86,8 +87,7 @@ def next_hessians(model: nn.Module, pending: Sequence[tuple[str, nn.Module]], ca
     Each forward stops at the next layer with another input, so a pass costs only the model up
     to there; passes follow the forward order, so every layer before the group already carries
     its quantized weights (GPTQ's sequential mode) while the group is measured."""
-    from torchshrink.prune.criteria import input_features, iter_calibration, to_device
-    from torchshrink.train import unwrap_batch
+    from torchshrink.prune.criteria import input_features
 
     hess: dict[str, torch.Tensor] = {}
     state: dict[str, Any] = {}
@@ -112,9 +112,8 @@ def next_hessians(model: nn.Module, pending: Sequence[tuple[str, nn.Module]], ca
         with torch.no_grad():
             for batch in iter_calibration(calibration, limit):
                 state["x0"] = None
-                x, _ = unwrap_batch(to_device(batch, dev))
                 with contextlib.suppress(_Stop):
-                    model(x)
+                    call_model(model, to_device(batch, dev))
     finally:
         for h in handles:
             h.remove()

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from torchshrink.batches import call_model, logits_of, unwrap_batch
 from torchshrink.config import Config, check, check_range
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
@@ -32,7 +33,7 @@ from torchshrink.quant.fake import FakeQuant, check_bits, check_group, shares_va
 from torchshrink.quant.layers import in_width, layer_op, weight_tensor
 from torchshrink.quant.weight_only import quantize_layer_weight_only
 from torchshrink.registry import Context, register
-from torchshrink.train import classification_loss, unwrap_batch
+from torchshrink.train import classification_loss
 
 __all__ = ["MixedPrecision", "PLAN_ATTR", "hutchinson_trace"]
 
@@ -46,13 +47,13 @@ def _loss_fn(model: nn.Module, batches: list[Any]) -> Callable[[], torch.Tensor]
     refs: list[torch.Tensor] = []
     if not labeled:
         with torch.no_grad():
-            refs = [model(unwrap_batch(b)[0]).detach() for b in batches]
+            refs = [logits_of(call_model(model, b)).detach() for b in batches]
 
     def loss() -> torch.Tensor:
         total = torch.zeros(())
         for i, b in enumerate(batches):
-            x, y = unwrap_batch(b)
-            out = model(x)
+            _, y = unwrap_batch(b)
+            out = logits_of(call_model(model, b))
             total = total + (classification_loss(out, y) if labeled and y is not None else F.mse_loss(out, refs[i]))
         return total / len(batches)
 

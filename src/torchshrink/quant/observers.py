@@ -20,9 +20,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchshrink.batches import call_model, unwrap_batch
 from torchshrink.errors import DataError
+from torchshrink.progress import progress_bar
 from torchshrink.quant.fake import _scale_zero, qrange
-from torchshrink.train import unwrap_batch
 
 __all__ = ["ObserverName", "Observer", "MinMaxObserver", "MovingAverageObserver", "PercentileObserver",
            "MseObserver", "EntropyObserver", "make_observer", "calibrate", "OBSERVERS"]
@@ -216,8 +217,6 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, expected: Sequence[in
     Raises DataError naming the shape when a batch does not fit the model. Returns the number
     of batches seen.
     """
-    from torchshrink.train import progress_bar
-
     was_training = model.training
     model.eval()
     total = len(batches) if isinstance(batches, Sized) else None
@@ -238,7 +237,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, expected: Sequence[in
                     "(a DataLoader of (x, y) or of x)"
                 )
             try:
-                model(x)
+                call_model(model, batch)
             except RuntimeError as e:
                 raise DataError(
                     f"calibration batch {i} of shape {shape} does not fit {type(model).__name__}: {e}; "

@@ -19,6 +19,7 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_choice
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
+from torchshrink.progress import progress_bar
 from torchshrink.quant.awq import awq_column_scale
 from torchshrink.quant.fake import (
     FakeQuant,
@@ -46,7 +47,6 @@ from torchshrink.quant.layers import (
 )
 from torchshrink.quant.packing import pack, packed_bytes, unpack
 from torchshrink.registry import Context, register
-from torchshrink.train import progress_bar
 
 __all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
 
