@@ -44,9 +44,7 @@ def _copy_like(like: nn.Module, meta: bool) -> nn.Module:
 def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str, meta: bool,
               inplace: bool) -> nn.Module:
     if isinstance(like, nn.Module):
-        if inplace:
-            return meta_copy(like) if meta else like
-        return _copy_like(like, meta)
+        return like if inplace else _copy_like(like, meta)
     name = like if isinstance(like, str) else manifest.get("m")
     build: Callable[[], nn.Module]
     if name is None and like is None and "hf" in manifest:
@@ -222,8 +220,12 @@ def _tensors_for(model: nn.Module, decoded: dict[str, torch.Tensor],
 def decode_model(manifest: dict[str, Any], records: list[TensorRecord], body: bytes, path: str,
                  like: nn.Module | str | None, *, inplace: bool = False) -> nn.Module:
     aliases = _aliases(manifest, {r.key for r in records}, path)
-    _check_against(_build(like, manifest, path, meta=True, inplace=inplace), records, aliases, manifest, path)
+    if not inplace:
+        # A module that refuses deepcopy cannot be copied to the meta device either; in place,
+        # the check runs after the real rebuild (still before any tensor is decoded).
+        _check_against(_build(like, manifest, path, meta=True, inplace=False), records, aliases, manifest, path)
     model = _build(like, manifest, path, meta=False, inplace=inplace)
+    _check_against(model, records, aliases, manifest, path)
     tensors = _tensors_for(model, _decode_tensors(records, body, path), aliases)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
