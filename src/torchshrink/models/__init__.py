@@ -57,6 +57,7 @@ def model_name(model: nn.Module) -> str | None:
 
 
 def _gpt_kwargs(model: nn.Module) -> dict[str, Any] | None:
+    assert isinstance(model, GPTTiny)
     kwargs = dataclasses.asdict(model.config)
     return None if kwargs == dataclasses.asdict(GPTConfig()) else kwargs
 
@@ -66,9 +67,17 @@ def _gpt_build(**kwargs: Any) -> nn.Module:
 
 
 # The artifact names these models instead of needing like=; GPTTiny records its config.
+def _no_kwargs(model: nn.Module) -> dict[str, Any] | None:
+    return None
+
+
+def _is_exactly(cls: type[nn.Module]) -> Callable[[nn.Module], bool]:
+    return lambda m: type(m) is cls
+
+
 for _name, _ctor in _MODELS.items():
     if isinstance(_ctor, type):
-        register_reference(Reference(_name, lambda m, c=_ctor: type(m) is c, lambda m: None, _ctor))
+        register_reference(Reference(_name, _is_exactly(_ctor), _no_kwargs, _ctor))
 register_reference(Reference("gpt_tiny", lambda m: isinstance(m, GPTTiny), _gpt_kwargs, _gpt_build))
 
 

@@ -43,7 +43,7 @@ def meta_copy(module: nn.Module) -> nn.Module:
     """A deep copy whose parameters and buffers are on the meta device (shared ones stay
     shared); raises whatever `copy.deepcopy` raises on modules that refuse it."""
     memo: dict[int, Any] = {}
-    tensors = [t for _, t in module.named_parameters(remove_duplicate=False)]
+    tensors: list[torch.Tensor] = [t for _, t in module.named_parameters(remove_duplicate=False)]
     tensors += [t for _, t in module.named_buffers(remove_duplicate=False)]
     for t in tensors:
         if id(t) in memo:
