@@ -10,13 +10,11 @@ from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError
+from torchshrink.nn.history import HISTORY_ATTR
 from torchshrink.registry import Context, Family, get_method
 
 __all__ = ["apply", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
 
-# Each applied config is appended here (as plain dicts) so reports and artifacts can say what
-# was done; nothing reads it to decide behaviour.
-HISTORY_ATTR = "torchshrink_history"
 
 
 def apply(

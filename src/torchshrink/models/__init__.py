@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchshrink.codec.references import Reference, register_reference
 from torchshrink.errors import ConfigError, did_you_mean
 from torchshrink.models.gpt import GPTConfig, GPTTiny
 from torchshrink.models.lenet import LeNet5, LeNet300
@@ -52,6 +54,31 @@ def model_name(model: nn.Module) -> str | None:
         if isinstance(ctor, type) and type(model) is ctor:
             return n
     return "gpt_tiny" if isinstance(model, GPTTiny) else None
+
+
+def _gpt_kwargs(model: nn.Module) -> dict[str, Any] | None:
+    assert isinstance(model, GPTTiny)
+    kwargs = dataclasses.asdict(model.config)
+    return None if kwargs == dataclasses.asdict(GPTConfig()) else kwargs
+
+
+def _gpt_build(**kwargs: Any) -> nn.Module:
+    return GPTTiny(GPTConfig(**kwargs))
+
+
+# The artifact names these models instead of needing like=; GPTTiny records its config.
+def _no_kwargs(model: nn.Module) -> dict[str, Any] | None:
+    return None
+
+
+def _is_exactly(cls: type[nn.Module]) -> Callable[[nn.Module], bool]:
+    return lambda m: type(m) is cls
+
+
+for _name, _ctor in _MODELS.items():
+    if isinstance(_ctor, type):
+        register_reference(Reference(_name, _is_exactly(_ctor), _no_kwargs, _ctor))
+register_reference(Reference("gpt_tiny", lambda m: isinstance(m, GPTTiny), _gpt_kwargs, _gpt_build))
 
 
 def example_input(model_or_name: nn.Module | str, batch: int = 1) -> torch.Tensor:

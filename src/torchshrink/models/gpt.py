@@ -13,6 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from torchshrink.errors import ConfigError
+from torchshrink.models.validate import check_size
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -22,6 +25,17 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_size("GPTConfig", "vocab_size", self.vocab_size)
+        check_size("GPTConfig", "block_size", self.block_size, high=2**16)
+        check_size("GPTConfig", "n_layer", self.n_layer, high=256)
+        check_size("GPTConfig", "n_head", self.n_head, high=2**10)
+        check_size("GPTConfig", "n_embd", self.n_embd, high=2**16)
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"GPTConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
 
 
 class CausalSelfAttention(nn.Module):

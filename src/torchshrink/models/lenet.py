@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchshrink.models.validate import check_size
+
 
 class LeNet300(nn.Module):
     """784-300-100-10 MLP (266,610 parameters). Accepts (N, 1, 28, 28) or (N, 784)."""
@@ -13,6 +15,8 @@ class LeNet300(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_features: int = 784) -> None:
         super().__init__()
+        check_size("LeNet300", "num_classes", num_classes)
+        check_size("LeNet300", "in_features", in_features)
         self.fc1 = nn.Linear(in_features, 300)
         self.fc2 = nn.Linear(300, 100)
         self.fc3 = nn.Linear(100, num_classes)
@@ -34,6 +38,7 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
+        check_size("LeNet5", "num_classes", num_classes)
         self.conv1 = nn.Conv2d(1, 20, 5)
         self.conv2 = nn.Conv2d(20, 50, 5)
         self.fc1 = nn.Linear(50 * 4 * 4, 500)

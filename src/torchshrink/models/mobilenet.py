@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchshrink.errors import ConfigError
+from torchshrink.models.validate import check_size, check_sizes
+
 
 class DepthwiseSeparable(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -26,6 +29,15 @@ class MobileNetSmall(nn.Module):
                  plan: tuple[tuple[int, int], ...] = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1)),
                  stem: int = 32) -> None:
         super().__init__()
+        check_size("MobileNetSmall", "num_classes", num_classes)
+        check_size("MobileNetSmall", "in_channels", in_channels)
+        check_size("MobileNetSmall", "stem", stem, high=2**14)
+        if not isinstance(plan, (list, tuple)) or not 1 <= len(plan) <= 64 or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 for p in plan):
+            raise ConfigError(f"MobileNetSmall: plan must be 1 to 64 (channels, stride) pairs, got {plan!r}")
+        for i, (c, s) in enumerate(plan):
+            check_size("MobileNetSmall", f"plan[{i}] channels", c, high=2**14)
+            check_sizes("MobileNetSmall", f"plan[{i}] stride", [s], high=8)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
         blocks = []
         cin = stem

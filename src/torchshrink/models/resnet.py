@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchshrink.errors import ConfigError
+from torchshrink.models.validate import check_size, check_sizes
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
@@ -31,6 +34,13 @@ class ResNetSmall(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1,
                  widths: tuple[int, ...] = (32, 64, 128), blocks: tuple[int, ...] = (1, 1, 1)) -> None:
         super().__init__()
+        check_size("ResNetSmall", "num_classes", num_classes)
+        check_size("ResNetSmall", "in_channels", in_channels)
+        check_sizes("ResNetSmall", "widths", widths, high=2**14)
+        check_sizes("ResNetSmall", "blocks", blocks, high=64)
+        if len(widths) != len(blocks):
+            raise ConfigError(f"ResNetSmall: widths and blocks need the same length, got {len(widths)} and "
+                              f"{len(blocks)}")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
