@@ -179,7 +179,8 @@ def _attention(name: str, m: nn.Module, parent: nn.Module | None, pname: str) ->
         if getattr(m, "is_cross_attention", False) or hasattr(m, "q_attn"):
             return None
         h = _heads_of(m)
-        width = out_features(m.c_attn) // 3
+        c_attn: Any = m.c_attn
+        width = out_features(c_attn) // 3
         if h <= 0 or width % h:
             return None
         return AttentionBlock(name, "fused", qkv=_join(name, "c_attn"), o=_join(name, "c_proj"), num_heads=h,
