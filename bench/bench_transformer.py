@@ -126,7 +126,11 @@ def peer(fn: Callable[[], nn.Module]) -> tuple[nn.Module | None, str | None]:
 
 
 def torchao_quant(base: nn.Module, which: str) -> nn.Module:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        quantize_,
+    )
 
     m = copy.deepcopy(base)
     quantize_(m, Int8DynamicActivationInt8WeightConfig() if which == "dyn" else Int8WeightOnlyConfig())
