@@ -242,7 +242,9 @@ def find_blocks(model: nn.Module) -> tuple[list[AttentionBlock], list[MlpBlock]]
         b = _mlp(name, m)
         if b is not None:
             mlps.append(b)
-    return attn, mlps
+    # fc1/fc2-style names alone do not make a transformer (LeNet has them too, and what lies
+    # between its layers is not known); MLP blocks count only beside attention blocks.
+    return (attn, mlps) if attn else ([], [])
 
 
 # -- surgery -----------------------------------------------------------------------------------
