@@ -191,3 +191,13 @@ def test_refusals_name_the_problem() -> None:
     ts.prune(model, ts.MagnitudePruning(sparsity=0.5))
     with pytest.raises(UnsupportedModelError, match="structure first"):
         ts.prune(model, ts.HeadPruning())
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_pruned_hf_artifact_loads_without_like(name: str, tmp_path: Path) -> None:
+    model, x = _build(name)
+    pruned = ts.prune(model, ts.HeadPruning(heads=0.5, mlp=0.5)).eval()
+    ts.save(pruned, tmp_path / "m.tsz")
+    loaded = ts.load(tmp_path / "m.tsz")  # skeleton from the recorded config, then the replay
+    with torch.no_grad():
+        assert torch.equal(_out(loaded(x)), _out(pruned(x)))

@@ -323,7 +323,10 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
         rows.append(rec)
         chunks.append(payload)
     entries, reference = _reference(model)
-    table, specs, chains = _structure(model, reference)
+    attrs = attributes.structural_attributes(model)
+    # After head pruning the saved config already describes the thinner model, while like= may
+    # be the original: record every module spec, not only those that differ from the config's build.
+    table, specs, chains = _structure(model, None if attrs else reference)
     manifest: dict[str, Any] = {"f": FORMAT_VERSION, "v": version(), **entries}
     manifest["r"] = plain_type(model).__name__
     history = history_of(model)
@@ -336,7 +339,6 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
         manifest["s"] = specs
     if chains:
         manifest["p"] = chains
-    attrs = attributes.structural_attributes(model)
     if attrs:
         manifest["A"] = normalized(attrs)
     manifest["t"] = rows

@@ -16,6 +16,7 @@ column of the other.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -258,32 +259,18 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def shrink_attention(model: nn.Module, block: AttentionBlock, keep_heads: torch.Tensor,
-                     keep_kv: torch.Tensor) -> None:
+                     keep_kv: torch.Tensor, mha_factory: Callable[..., nn.Module] | None = None) -> None:
     """Keep query heads `keep_heads` and key/value heads `keep_kv` (sorted indices) of `block`,
-    and update the module's head-count attributes to match."""
+    and update the module's head-count attributes to match. `nn.MultiheadAttention` ties its
+    inner width to its model width, so it is replaced by `mha_factory(module, kept rows, heads,
+    head_dim)` (the pruning family owns that module type)."""
     m = model.get_submodule(block.name) if block.name else model
     hd = block.head_dim
     q_rows, kv_rows = _rows(keep_heads, hd), _rows(keep_kv, hd)
     if block.layout == "mha":
-        from torchshrink.prune.attention import PrunedMultiheadAttention
-
-        assert isinstance(m, nn.MultiheadAttention)
-        e = m.embed_dim
-        new = PrunedMultiheadAttention(e, e, len(keep_heads), hd, bias=m.in_proj_bias is not None,
-                                       batch_first=m.batch_first, dropout=m.dropout)
-        w = m.in_proj_weight.detach()
-        b = m.in_proj_bias.detach() if m.in_proj_bias is not None else None
-        with torch.no_grad():
-            for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
-                proj.weight.copy_(w[i * e:(i + 1) * e][q_rows])
-                if b is not None:
-                    proj.bias.copy_(b[i * e:(i + 1) * e][q_rows])
-            new.out_proj.weight.copy_(m.out_proj.weight.detach()[:, q_rows])
-            if m.out_proj.bias is not None:
-                new.out_proj.bias.copy_(m.out_proj.bias.detach())
-        new.to(device=w.device, dtype=w.dtype)
-        new.train(m.training)
-        _swap(model, block.name, new)
+        if mha_factory is None:
+            raise UnsupportedModelError("removing heads from nn.MultiheadAttention needs a replacement module")
+        _swap(model, block.name, mha_factory(m, q_rows, len(keep_heads), hd))
         return
     if block.layout == "fused":
         width = block.num_heads * hd
@@ -298,9 +285,14 @@ def shrink_attention(model: nn.Module, block: AttentionBlock, keep_heads: torch.
     for a in _HEADS:
         if isinstance(getattr(m, a, None), int):
             record_attribute(m, m, a, h)
-    for a, value in (("num_key_value_heads", len(keep_kv)), ("all_head_size", inner), ("split_size", inner)):
+    # head_dim is unchanged, but a model rebuilt from the updated config would derive it as
+    # hidden_size // heads, so it is recorded too.
+    for a, value in (("num_key_value_heads", len(keep_kv)), ("all_head_size", inner), ("split_size", inner),
+                     ("head_dim", hd), ("attention_head_size", hd)):
         if isinstance(getattr(m, a, None), int):
             record_attribute(m, m, a, value)
+    if isinstance(getattr(m, "scaling", None), float):
+        record_attribute(m, m, "scaling", m.scaling)  # derived from head_dim at construction
     if block.layout == "fused" and isinstance(getattr(m, "embed_dim", None), int):
         record_attribute(m, m, "embed_dim", inner)  # GPT-2's embed_dim is the attention's inner width
     if isinstance(getattr(m, "num_key_value_groups", None), int):

@@ -93,8 +93,29 @@ def _prune_attention(model: nn.Module, b: AttentionBlock, ratio: float, how: str
         keep_kv = torch.zeros(1, dtype=torch.long)
         keep_q = _keep(q_score, _n_keep(h, ratio))
     if len(keep_q) < h:
-        shrink_attention(model, b, keep_q, keep_kv)
+        shrink_attention(model, b, keep_q, keep_kv, mha_factory=_pruned_mha)
     return len(keep_q), len(keep_kv)
+
+
+def _pruned_mha(m: nn.MultiheadAttention, rows: torch.Tensor, heads: int, hd: int) -> nn.Module:
+    from torchshrink.prune.attention import PrunedMultiheadAttention
+
+    e = m.embed_dim
+    new = PrunedMultiheadAttention(e, e, heads, hd, bias=m.in_proj_bias is not None, batch_first=m.batch_first,
+                                   dropout=m.dropout)
+    w = m.in_proj_weight.detach()
+    b = m.in_proj_bias.detach() if m.in_proj_bias is not None else None
+    with torch.no_grad():
+        for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+            proj.weight.copy_(w[i * e:(i + 1) * e][rows])
+            if b is not None:
+                proj.bias.copy_(b[i * e:(i + 1) * e][rows])
+        new.out_proj.weight.copy_(m.out_proj.weight.detach()[:, rows])
+        if m.out_proj.bias is not None:
+            new.out_proj.bias.copy_(m.out_proj.bias.detach())
+    new.to(device=w.device, dtype=w.dtype)
+    new.train(m.training)
+    return new
 
 
 def _prune_mlp(model: nn.Module, b: MlpBlock, ratio: float, how: str) -> int:
