@@ -54,13 +54,14 @@ __all__ += ["codec", "load", "read_info", "save"]
 from torchshrink.prune import (  # noqa: E402
     ChannelPruning,
     GradualPruning,
+    HeadPruning,
     MagnitudePruning,
     NMPruning,
     SparseExecution,
     SparsityRegularization,
 )
 
-__all__ += ["ChannelPruning", "GradualPruning", "MagnitudePruning", "NMPruning", "SparseExecution",
+__all__ += ["ChannelPruning", "GradualPruning", "HeadPruning", "MagnitudePruning", "NMPruning", "SparseExecution",
             "SparsityRegularization"]
 # --- quantization ---
 from torchshrink import quant  # noqa: E402

@@ -25,6 +25,7 @@ Manifest keys (short on purpose, since they are in every file):
     p   {"<module>.<tensor>": [[parametrization type name, spec], ...]} in chain order
     t   [[state_dict key, encoding, shape, dtype code, payload bytes, meta?], ...] in payload order
     a   {state_dict key: earlier key} for tied tensors, stored once under the earlier key
+    A   {module name: {dotted attribute: value}}: plain attributes structural surgery set (head counts)
     x   crc32 of the payload, hex
 """
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from torchshrink.codec import references, structure
+from torchshrink.codec import attributes, references, structure
 from torchshrink.codec.encodings import get_encoding
 from torchshrink.codec.fileformat import TensorRecord, dumps, fail
 from torchshrink.codec.model_encode import depth, module_codec, normalized
@@ -150,7 +150,10 @@ def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *,
 
     def rest() -> nn.Module:
         _strip_parametrizations(model)
+        attributes.register_optional_modules(table=manifest.get("S"))
         out = _replay(model, manifest, path)
+        if "A" in manifest:
+            attributes.replay_attributes(out, manifest["A"], path)
         _reattach(out, manifest, path)
         return out
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from torchshrink.codec import references, structure
+from torchshrink.codec import attributes, references, structure
 from torchshrink.codec.encodings import Encoding, TensorHint, dtype_code, encodings, tensor_bytes
 from torchshrink.codec.fileformat import FORMAT_VERSION, dumps, pack, version
 from torchshrink.errors import ArtifactError, ConfigError
@@ -303,6 +303,7 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
             user_meta = normalized(dict(metadata))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"metadata must be JSON-serializable data (str, numbers, lists, dicts): {e}") from e
+    attributes.register_optional_modules()
     state = model.state_dict(keep_vars=True)
     for key, value in state.items():
         _check_tensor(key, value)
@@ -322,7 +323,10 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
         rows.append(rec)
         chunks.append(payload)
     entries, reference = _reference(model)
-    table, specs, chains = _structure(model, reference)
+    attrs = attributes.structural_attributes(model)
+    # After head pruning the saved config already describes the thinner model, while like= may
+    # be the original: record every module spec, not only those that differ from the config's build.
+    table, specs, chains = _structure(model, None if attrs else reference)
     manifest: dict[str, Any] = {"f": FORMAT_VERSION, "v": version(), **entries}
     manifest["r"] = plain_type(model).__name__
     history = history_of(model)
@@ -335,6 +339,8 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
         manifest["s"] = specs
     if chains:
         manifest["p"] = chains
+    if attrs:
+        manifest["A"] = normalized(attrs)
     manifest["t"] = rows
     if aliases:
         manifest["a"] = aliases

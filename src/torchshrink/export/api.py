@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +42,7 @@ class ExportResult:
     form: Literal["float", "half", "quantized"]
     swapped: dict[str, str]  # layer -> export form (quantized layers in their ONNX forms)
     parity: ParityReport | None
+    exporter: str = "torchscript"  # or "dynamo" where the TorchScript trace could not be used
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -70,24 +71,58 @@ def _check_args(fmt: str, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+_AXES = {"batch": 0, "sequence": 1}
+
+
+def _dynamic(dynamic: Sequence[str] | Mapping[str, int] | None, dynamic_batch: bool) -> dict[str, int]:
+    if dynamic is None:
+        return {"batch": 0} if dynamic_batch else {}
+    if isinstance(dynamic, str):
+        dynamic = (dynamic,)
+    if isinstance(dynamic, Mapping):
+        bad = {k: v for k, v in dynamic.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"dynamic axes map a name to an input dimension (an int >= 0), got {bad}; "
+                              "e.g. dynamic={'batch': 0, 'sequence': 1}")
+        return {str(k): int(v) for k, v in dynamic.items()}
+    unknown = [a for a in dynamic if a not in _AXES]
+    if unknown:
+        raise ConfigError(f"unknown dynamic axis {unknown[0]!r}; named axes are {', '.join(_AXES)}, or pass "
+                          "a mapping of names to dimensions (dynamic={'tokens': 1})" + did_you_mean(unknown[0], _AXES))
+    return {a: _AXES[a] for a in dynamic}
+
+
 def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, format: Format = "onnx",
            check: bool = True, check_data: Iterable[Any] | None = None, opset: int | None = None,
-           dynamic_batch: bool = True) -> ExportResult:
+           dynamic_batch: bool = True, dynamic: Sequence[str] | Mapping[str, int] | None = None,
+           dynamic_axes: Mapping[str, int] | None = None) -> ExportResult:
     """Export `model` to `path` and run the parity check; raise on failure.
 
     format: "onnx" (ONNX Runtime and every ONNX consumer; quantized layers become QDQ /
     integer-matmul graphs, low-bit weights stay packed) or "pt2" (a torch.export program,
     loadable with torch.export.load and no model code).
-    example: one input batch (tensor or tuple), used for tracing and as a check input.
+    example: one input batch (tensor, tuple, or a dict of keyword tensors such as
+        {"input_ids": ids, "attention_mask": mask}, which become graph inputs of those names;
+        Hugging Face models are exported without their key/value cache), used for tracing and
+        as a check input.
+    dynamic / dynamic_axes: axes left free in the file, by name: ("batch", "sequence") or a
+        mapping {name: dim}; default the batch axis only (`dynamic_batch`). A dynamic sequence
+        is checked in ONNX Runtime at a second, shorter length.
     check_data: optional loader of (x, y) or x batches for the check; with labels, quantized
     forms must also match PyTorch's accuracy within 0.2 points.
     Raises ConfigError (bad format or path), UnsupportedModelError (graph cannot be exported;
     names the operator) or ParityError (the file computes something else).
     """
     out = _check_args(format, path)
-    inputs = _inputs(example)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"expected an nn.Module to export, got {type(model).__name__}")
+    if dynamic is not None and dynamic_axes is not None:
+        raise ConfigError("pass dynamic= or dynamic_axes=, not both (they are the same option)")
+    axes = _dynamic(dynamic if dynamic is not None else dynamic_axes, dynamic_batch)
+    from torchshrink.export.inputs import positional
+
+    model, inputs, names = positional(model, example)
+    inputs = _inputs(inputs)
     reference = prepare(model, swap=False, upcast=False).module if format == "pt2" else None
     prep = prepare(model, swap=format == "onnx")
     trace_inputs = cast_inputs(inputs, torch.float32) if prep.half else inputs
@@ -97,17 +132,18 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     os.close(fd)
     try:
         if format == "onnx":
-            parity = _export_onnx(model, prep, inputs, trace_inputs, tmp, opset, dynamic_batch, check, check_data)
+            parity, exporter = _export_onnx(model, prep, inputs, trace_inputs, tmp, opset, axes, names, check,
+                                            check_data)
         else:
             assert reference is not None
-            parity = _export_pt2(model, reference, inputs, tmp, dynamic_batch, check, check_data)
+            parity, exporter = _export_pt2(model, reference, inputs, tmp, "batch" in axes, check, check_data), "torch.export"
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     form: Literal["float", "half", "quantized"] = "quantized" if prep.quantized else (
         "half" if prep.half else "float")
-    return ExportResult(str(out), format, out.stat().st_size, form, prep.swapped, parity)
+    return ExportResult(str(out), format, out.stat().st_size, form, prep.swapped, parity, exporter)
 
 
 def _raise_if_failed(model: nn.Module, report: ParityReport, fmt: str) -> ParityReport:
@@ -120,16 +156,58 @@ def _raise_if_failed(model: nn.Module, report: ParityReport, fmt: str) -> Parity
     return report
 
 
+def _shorter(inputs: tuple[torch.Tensor, ...], dim: int) -> tuple[torch.Tensor, ...] | None:
+    """The inputs cut to a shorter length along `dim` (a second sequence length for the check)."""
+    lengths = {t.shape[dim] for t in inputs if t.dim() > dim}
+    if len(lengths) != 1 or next(iter(lengths)) < 2:
+        return None
+    n = max(1, next(iter(lengths)) // 2)
+    return tuple(t.narrow(dim, 0, n) if t.dim() > dim else t for t in inputs)
+
+
 def _export_onnx(model: nn.Module, prep: Prepared, inputs: tuple[torch.Tensor, ...],
-                 trace_inputs: tuple[torch.Tensor, ...], tmp: str, opset: int | None, dynamic_batch: bool,
-                 check: bool, check_data: Iterable[Any] | None) -> ParityReport | None:
+                 trace_inputs: tuple[torch.Tensor, ...], tmp: str, opset: int | None, axes: dict[str, int],
+                 names: list[str] | None, check: bool, check_data: Iterable[Any] | None
+                 ) -> tuple[ParityReport | None, str]:
+    """TorchScript export first; a float model it cannot export, or whose file does not run at a
+    second input shape, goes through the dynamo exporter. The first failure is the one reported."""
+    from torchshrink.errors import UnsupportedModelError
+
+    exporters = ["torchscript"] if prep.quantized or prep.half is not None else ["torchscript", "dynamo"]
+    first: Exception | None = None
+    for exporter in exporters:
+        try:
+            return _export_onnx_with(exporter, model, prep, inputs, trace_inputs, tmp, opset, axes, names, check,
+                                     check_data), exporter
+        except (UnsupportedModelError, _ShapeFixed) as e:
+            first = first or e
+            if exporter == "dynamo" or not _dynamo_available():
+                break
+    assert first is not None
+    raise first
+
+
+class _ShapeFixed(ParityError):
+    """The file does not run at another input shape: worth the other exporter. A file that runs
+    and computes something else is not retried: that is a wrong export form, reported as such."""
+
+
+def _dynamo_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxscript") is not None
+
+
+def _export_onnx_with(exporter: str, model: nn.Module, prep: Prepared, inputs: tuple[torch.Tensor, ...],
+                      trace_inputs: tuple[torch.Tensor, ...], tmp: str, opset: int | None, axes: dict[str, int],
+                      names: list[str] | None, check: bool, check_data: Iterable[Any] | None) -> ParityReport | None:
     from torchshrink.export.onnx import DEFAULT_OPSET, OrtRunner, store_half, write_onnx
     from torchshrink.export.prepare import call
 
     out_ref = call(prep.module, trace_inputs)
     outs = out_ref if isinstance(out_ref, (tuple, list)) else (out_ref,)
     write_onnx(prep.module, trace_inputs, tmp, n_outputs=len(outs), opset=opset or DEFAULT_OPSET,
-               dynamic_batch=dynamic_batch)
+               input_names=names, dynamic=axes, exporter=exporter)
     reference = prepare(model, swap=False, upcast=False).module  # the model as the user runs it
     if prep.half is not None:
         out_model = call(reference, inputs)
@@ -142,8 +220,20 @@ def _export_onnx(model: nn.Module, prep: Prepared, inputs: tuple[torch.Tensor, .
     tol = float_tolerance(prep.half) if prep.half is not None else None
     # Agreement is a rate: 256 rows make one flipped near-tie cost 0.4 points, not 1.6.
     rows = QUANTIZED_ROWS if prep.quantized else FLOAT_ROWS
-    report = compare(reference, OrtRunner(tmp), sample_batches(inputs, data=check_data, rows=rows),
-                     kind="quantized" if prep.quantized else "float", runtime="onnxruntime", tolerance=tol)
+    batches = sample_batches(inputs, data=check_data, rows=rows)
+    if "sequence" in axes:
+        short = _shorter(inputs, axes["sequence"])
+        if short is not None:
+            batches.append((short, None))
+    try:
+        report = compare(reference, OrtRunner(tmp), batches, kind="quantized" if prep.quantized else "float",
+                         runtime="onnxruntime", tolerance=tol)
+    except ParityError:
+        raise
+    except Exception as e:  # ONNX Runtime rejects a shape the trace baked in
+        raise _ShapeFixed(f"the exported ONNX file of {type(model).__name__} does not run on the check inputs "
+                          f"in ONNX Runtime ({str(e).strip().splitlines()[0][:300]}); an input shape was "
+                          "fixed at export. Nothing was written") from e
     return _raise_if_failed(model, report, "ONNX")
 
 

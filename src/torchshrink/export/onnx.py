@@ -1,8 +1,10 @@
 """ONNX export with a dynamic batch dimension, loud failures and an ONNX Runtime runner.
 
-We use PyTorch's TorchScript-based exporter (`dynamo=False`): it needs no extra package
-(the torch.export-based one needs onnxscript), and it lets the export forms in qdq.py emit
-exact QDQ / MatMulInteger / packed-weight subgraphs through autograd-Function symbolics.
+PyTorch's TorchScript-based exporter (`dynamo=False`) comes first: it needs no extra package
+and it lets the export forms in qdq.py emit exact QDQ / MatMulInteger / packed-weight subgraphs
+through autograd-Function symbolics. Float models it cannot trace, or whose trace does not match
+at a second input shape (a sequence length baked in by library code), go through the
+torch.export-based exporter (onnxscript) instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from torchshrink.errors import UnsupportedModelError
 
-__all__ = ["DEFAULT_OPSET", "write_onnx", "OrtRunner", "store_half"]
+__all__ = ["DEFAULT_OPSET", "axes_for", "write_onnx", "OrtRunner", "store_half"]
 
 # 18 gives BitwiseAnd/BitwiseOr (packed weights) and LayerNormalization; the TorchScript exporter
 # goes up to 20.
@@ -62,14 +64,47 @@ def _control_flow_error(model: nn.Module, w: warnings.WarningMessage) -> Unsuppo
     )
 
 
+# Library code (torch's own modules, transformers) converts tensors to Python bools in shape
+# and argument checks, not on input values; a trace there is checked by the parity run at a
+# second batch size (and sequence length), not refused up front.
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(p)) + os.sep for p in (torch.__file__,))
+
+
+def _library_file(filename: str) -> bool:
+    f = os.path.abspath(filename)
+    return f.startswith(_LIBRARY_DIRS) or f"{os.sep}transformers{os.sep}" in f
+
+
+def axes_for(names: Sequence[str], tensors: Sequence[torch.Tensor], dynamic: dict[str, int]
+             ) -> dict[str, dict[int, str]]:
+    """{graph input: {dim: axis name}} for the named dynamic axes each tensor has."""
+    out: dict[str, dict[int, str]] = {}
+    for n, t in zip(names, tensors):
+        dims = {d: axis for axis, d in dynamic.items() if d < t.dim()}
+        if dims:
+            out[n] = dims
+    return out
+
+
 def write_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, *,
-               n_outputs: int, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> None:
+               n_outputs: int, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               input_names: Sequence[str] | None = None, dynamic: dict[str, int] | None = None,
+               exporter: str = "torchscript") -> None:
     """Trace `module` on `inputs` and write the ONNX graph to `path` (overwriting).
 
+    dynamic: {axis name: dim} made dynamic on every input that has the dim (the batch axis also
+    on the outputs); by default {"batch": 0} when `dynamic_batch`.
+    exporter: "torchscript" (torch.jit trace; the quantized export forms need it) or "dynamo"
+    (torch.export, then onnxscript; follows shapes symbolically through library code).
     Raises UnsupportedModelError naming the operator when the graph cannot be exported.
     """
-    in_names, out_names = io_names("input", len(inputs)), io_names("output", n_outputs)
-    axes = {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
+    in_names = list(input_names) if input_names else io_names("input", len(inputs))
+    out_names = io_names("output", n_outputs)
+    if dynamic is None:
+        dynamic = {"batch": 0} if dynamic_batch else {}
+    axes: dict[str, dict[int, str]] | None = axes_for(in_names, inputs, dynamic) or None
+    if axes is not None and "batch" in dynamic:
+        axes.update({n: {dynamic["batch"]: "batch"} for n in out_names})
     # Folding would unpack packed low-bit weights into the file; ORT folds them at load instead.
     fold = not any(getattr(m, "keeps_packed", False) for m in module.modules())
     with warnings.catch_warnings(record=True) as caught:
@@ -77,18 +112,41 @@ def write_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
         try:
-            torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=opset,
-                              input_names=in_names, output_names=out_names, dynamic_axes=axes,
-                              do_constant_folding=fold)
+            if exporter == "dynamo":
+                _dynamo_export(module, inputs, path, in_names, out_names, axes, opset)
+            else:
+                torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=opset,
+                                  input_names=in_names, output_names=out_names, dynamic_axes=axes,
+                                  do_constant_folding=fold)
         except torch.onnx.errors.UnsupportedOperatorError as e:
             raise _translate(module, e, opset) from e
         except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError,
                 NotImplementedError, AttributeError, IndexError) as e:
             raise _translate(module, e, opset) from e
     for w in caught:
-        if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
+        if (issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message)
+                and not _library_file(str(w.filename))):
             Path(path).unlink(missing_ok=True)
             raise _control_flow_error(module, w)
+
+
+def _dynamo_export(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, in_names: list[str],
+                   out_names: list[str], axes: dict[str, dict[int, str]] | None, opset: int) -> None:
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        program = torch.onnx.export(module, inputs, dynamo=True, input_names=in_names, output_names=out_names,
+                                    dynamic_axes=axes, opset_version=max(opset, 18), verbose=False)
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
+    if program is None:
+        raise RuntimeError("the dynamo ONNX exporter returned no program")
+    program.save(str(path), external_data=False)
 
 
 def store_half(path: str | Path, *, half: torch.dtype, input_half: Sequence[bool],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from torchshrink.prune.attention import PrunedMultiheadAttention
 from torchshrink.prune.channel import ChannelPruning, count_macs, prune_channels
 from torchshrink.prune.criteria import CRITERIA, weight_scores
+from torchshrink.prune.heads import HeadPruning, prune_heads_and_mlp
 from torchshrink.prune.magnitude import MagnitudePruning, prune_unstructured
 from torchshrink.prune.mask import PruningMask, mask_of, remove_masks, set_mask, sparsity_of
 from torchshrink.prune.nm import NMPruning, accelerate_semi_structured, is_nm
@@ -14,7 +15,7 @@ from torchshrink.prune.regularization import SparsityRegularization
 from torchshrink.prune.schedules import GradualPruning, iterative_pruning, polynomial_sparsity
 from torchshrink.prune.sparse import SparseExecution, SparseLinear
 
-__all__ = ["CRITERIA", "ChannelPruning", "GradualPruning", "MagnitudePruning", "NMPruning", "PrunedMultiheadAttention",
+__all__ = ["CRITERIA", "ChannelPruning", "GradualPruning", "HeadPruning", "MagnitudePruning", "NMPruning", "PrunedMultiheadAttention",
            "PruningMask", "SparseExecution", "SparseLinear", "SparsityRegularization", "accelerate_semi_structured",
-           "count_macs", "is_nm", "iterative_pruning", "mask_of", "polynomial_sparsity", "prune_channels",
+           "count_macs", "is_nm", "iterative_pruning", "mask_of", "polynomial_sparsity", "prune_channels", "prune_heads_and_mlp",
            "prune_unstructured", "remove_masks", "set_mask", "sparsity_of", "weight_scores"]

@@ -21,6 +21,11 @@ __all__ = ["PrunedMultiheadAttention"]
 
 class PrunedMultiheadAttention(nn.Module):
     execution = "physically smaller"
+    # nn.TransformerEncoder(Layer) reads these to decide on its fused fast path; saying "no
+    # fused projection" sends it down the regular path, which calls this module.
+    in_proj_weight: torch.Tensor | None = None
+    in_proj_bias: torch.Tensor | None = None
+    _qkv_same_embed_dim = False
 
     def __init__(self, embed_in: int, embed_out: int, num_heads: int, head_dim: int, *, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0) -> None:

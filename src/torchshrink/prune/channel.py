@@ -394,7 +394,24 @@ def _example_for(model: nn.Module, ctx: Context) -> Any:
         ) from e
 
 
+def _by_structure(model: nn.Module) -> bool:
+    """Hugging Face models and `nn.TransformerEncoderLayer` stacks are pruned from their block
+    structure: fx cannot trace the former, and traces the latter's fused attention as one opaque op."""
+    from torchshrink.prune.heads import has_transformer_blocks
+
+    hf = hasattr(getattr(model, "config", None), "to_dict")
+    encoder = any(isinstance(m, nn.TransformerEncoderLayer) for m in model.modules())
+    return (hf or encoder) and has_transformer_blocks(model)
+
+
 def _apply(model: nn.Module, config: ChannelPruning, ctx: Context) -> nn.Module:
+    if _by_structure(model):
+        from torchshrink.prune.heads import prune_heads_and_mlp
+
+        info = prune_heads_and_mlp(model, heads=config.ratio if config.prune_heads else 0.0, mlp=config.ratio,
+                                   criterion=config.criterion if config.criterion in ("l1", "l2") else "l2")
+        object.__setattr__(model, "torchshrink_channel_pruning", info)
+        return model
     info = prune_channels(model, ratio=config.ratio, example=_example_for(model, ctx), criterion=config.criterion,
                           ignore=config.ignore, round_to=config.round_to, prune_heads=config.prune_heads,
                           calibration=ctx.calibration, calibration_batches=config.calibration_batches)
