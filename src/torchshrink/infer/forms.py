@@ -43,19 +43,16 @@ class CompactSparseLinear(nn.Module):
             raise ValueError(f"compact CSR holds at most {MAX_SPARSE_INPUTS} inputs, got {in_features}")
         self.in_features, self.out_features = in_features, out_features
         keep = weight != 0
-        rows, cols = keep.nonzero(as_tuple=True)
-        counts = torch.bincount(rows, minlength=out_features)
-        rowptr = torch.zeros(out_features + 1, dtype=torch.int32)
-        rowptr[1:] = counts.cumsum(0).to(torch.int32)
+        rowptr, cols, order = kernels.blocked_csr(keep)
         self.register_buffer("rowptr", rowptr)
-        self.register_buffer("cols", cols.to(torch.int32).to(torch.uint16).contiguous())
+        self.register_buffer("cols", cols)
         if codebook is not None:
             table, indices = codebook
             self.register_buffer("values", None)
-            self.register_buffer("codes", indices[keep].to(torch.uint8).contiguous())
+            self.register_buffer("codes", indices[keep][order].to(torch.uint8).contiguous())
             self.register_buffer("table", table.detach().float().contiguous().clone())
         else:
-            self.register_buffer("values", weight[keep].float().contiguous())
+            self.register_buffer("values", weight[keep][order].float().contiguous())
             self.register_buffer("codes", None)
             self.register_buffer("table", None)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
@@ -78,9 +75,14 @@ class CompactSparseLinear(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         w = torch.zeros(self.out_features, self.in_features)
-        rows = torch.repeat_interleave(torch.arange(self.out_features), torch.diff(self.rowptr.long()))
-        w[rows, self.cols.to(torch.int32).long()] = self._values()
+        w[self._rows(), self.cols.to(torch.int32).long()] = self._values()
         return w
+
+    def _rows(self) -> torch.Tensor:
+        """The row of every stored nonzero (in the kernel's block-major order)."""
+        counts = torch.diff(self.rowptr.long(), dim=1).reshape(-1)
+        rows = torch.arange(self.out_features).repeat(self.rowptr.shape[0])
+        return torch.repeat_interleave(rows, counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -88,11 +90,11 @@ class CompactSparseLinear(nn.Module):
             y = kernels.csr_matmul(rows.float(), self.rowptr, self.cols, self.out_features, values=self.values,
                                    codes=self.codes, table=self.table, bias=self.bias)
         else:
+            idx = torch.stack([self._rows(), self.cols.to(torch.int32).long()])
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-                csr = torch.sparse_csr_tensor(self.rowptr.long(), self.cols.to(torch.int32).long(), self._values(),
-                                              (self.out_features, self.in_features))
-            y = torch.sparse.mm(csr, rows.float().t()).t()
+                warnings.simplefilter("ignore")  # "sparse support is in beta"
+                coo = torch.sparse_coo_tensor(idx, self._values(), (self.out_features, self.in_features))
+            y = torch.sparse.mm(coo, rows.float().t()).t()
             if self.bias is not None:
                 y = y + self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
