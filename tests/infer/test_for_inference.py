@@ -70,9 +70,12 @@ def test_weight_only_int4_kernel_and_decoded_forms() -> None:
     fp32 = resident_bytes(lin)
     q = ts.quantize(lin, ts.WeightOnly(bits=4, group_size=64))
     x = torch.randn(2, 256)
-    ref = q.eval()(x)
+    with torch.no_grad():
+        ref = q.train()(x)  # training mode: the exact float path
+        kernel_ref = q.eval()(x)  # eval mode: the int4 kernel by default
     f = ts.for_inference(q, example=x, timer=_fixed_timer(["int4 kernel"]))
     assert isinstance(f[0], Int4Linear)
+    torch.testing.assert_close(f(x), kernel_ref, rtol=0, atol=0)
     torch.testing.assert_close(f(x), ref, rtol=3e-2, atol=3e-2)  # bf16 activations and scales
     f = ts.for_inference(q, example=x, timer=_fixed_timer(["dense (decoded once)"]))
     assert isinstance(f[0], nn.Linear)
@@ -104,3 +107,32 @@ def test_compact_kernel_matches_dense_at_several_batches() -> None:
 def test_bad_prefer_is_a_config_error() -> None:
     with pytest.raises(ts.ConfigError, match="prefer must be 'speed' or 'memory'"):
         ts.for_inference(nn.Linear(2, 2), example=torch.randn(1, 2), prefer="fast")  # type: ignore[arg-type]
+
+
+def test_dynamic_int8_is_decoded_only_where_faster_and_kept_layers_are_recorded() -> None:
+    torch.manual_seed(0)
+    q = ts.quantize(nn.Sequential(nn.Linear(16, 8)), ts.DynamicInt8()).eval()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        ref = q(x)
+    f = ts.for_inference(q, example=x, timer=_fixed_timer(["int8 kernel"]))
+    assert f.torchshrink_inference["0"]["chosen"] == "int8 kernel"
+    torch.testing.assert_close(f(x), ref, rtol=0, atol=0)
+    f = ts.for_inference(q, example=x, timer=_fixed_timer(["dense (decoded once)"]))
+    assert isinstance(f[0], nn.Linear)
+    torch.testing.assert_close(f(x), ref, rtol=0.05, atol=0.05)  # activation rounding dropped
+    f = ts.for_inference(q, example=x, decode_int8=False)
+    assert f.torchshrink_inference["0"] == {"chosen": "kept", "reason": "int8 kernel (quantized::linear_dynamic)"}
+
+
+def test_load_inference_needs_an_example(tmp_path: Any) -> None:
+    m = _compressed_lenet()
+    path = tmp_path / "m.tsz"
+    ts.save(m, path)
+    with pytest.raises(ts.ConfigError, match="needs example="):
+        ts.load(path, inference=True)
+    x = torch.randn(1, 1, 28, 28)
+    f = ts.load(path, inference=True, example=x, prefer="memory")
+    assert resident_bytes(f) < resident_bytes(ts.load(path)) / 10
+    with torch.no_grad():
+        torch.testing.assert_close(f(x), m(x), rtol=1e-5, atol=1e-5)

@@ -31,8 +31,10 @@ from torchshrink.errors import ConfigError, DataError
 from torchshrink.infer import kernels
 from torchshrink.infer.forms import MAX_SPARSE_INPUTS, CompactSparseLinear, Int4Linear
 from torchshrink.measure.resident import resident_bytes
+from torchshrink.measure.weights import execution_label
 from torchshrink.nn import params, set_module
 from torchshrink.prune.sparse import SparseLinear, time_call
+from torchshrink.quant.dynamic import DynamicInt8Linear
 from torchshrink.quant.weight_only import WeightOnlyLayer, int4_kernel_ok
 
 __all__ = ["for_inference", "Timer", "MIN_SPARSITY"]
@@ -111,12 +113,21 @@ def _int4_form(q: WeightOnlyLayer) -> Int4Linear:
 
 
 def _weight_only_candidates(q: WeightOnlyLayer) -> dict[str, nn.Module]:
+    q.cpu_kernel = False  # this candidate is the packed codes alone; the int4 kernel is its own form
     out: dict[str, nn.Module] = {"packed, decoded per call": q}
     if q.op["kind"] == "linear":
         out["dense (decoded once)"] = _dense_linear(q.dequantized_weight(), _bias(q))
     if int4_kernel_ok(q):
         out["int4 kernel"] = _int4_form(q)
     return out
+
+
+def _dynamic_int8_candidates(q: DynamicInt8Linear) -> dict[str, nn.Module]:
+    # Decoded to fp32 the layer skips the per-call activation quantization: at small sizes that
+    # overhead is most of the int8 kernel's time. The output then differs from the int8 one by
+    # the activation rounding (it is closer to the float model).
+    w = q.ts_effective_weights()
+    return {"int8 kernel": q, "dense (decoded once)": _dense_linear(w["weight"], w.get("bias"))}
 
 
 def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -152,14 +163,16 @@ def _label(record: dict[str, Any]) -> str:
 
 
 def for_inference(model: nn.Module, *, example: Any, prefer: Literal["speed", "memory"] = "speed",
-                  timer: Timer | None = None) -> nn.Module:
+                  timer: Timer | None = None, decode_int8: bool = True) -> nn.Module:
     """A copy of `model` in eval mode that computes the same function in the fastest
     (`prefer="speed"`) or smallest-in-memory (`prefer="memory"`) form this machine offers,
     chosen per layer by measurement on the layer's inputs at `example`'s batch size.
 
     The result holds no parametrizations and is for inference only (no gradients). Tolerances:
     dense and CSR forms are exact up to float summation order; the int4 kernel rounds
-    activations and scales to bfloat16 (about 1e-2 relative).
+    activations and scales to bfloat16 (about 1e-2 relative). A DynamicInt8 layer decoded to
+    fp32 (where measured faster, `decode_int8=True`) drops the activation rounding, so it
+    differs from the int8 output by that rounding; pass `decode_int8=False` to keep int8 exact.
     """
     if prefer not in ("speed", "memory"):
         raise ConfigError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
@@ -168,7 +181,8 @@ def for_inference(model: nn.Module, *, example: Any, prefer: Literal["speed", "m
     timer = timer or _default_timer
     m = copy.deepcopy(model).eval()
     names = [n for n, mod in m.named_modules()
-             if n and (isinstance(mod, (nn.Linear, WeightOnlyLayer)) or params.is_parametrized(mod))]
+             if n and ".parametrizations." not in f"{n}." and (isinstance(mod, (nn.Linear, WeightOnlyLayer)) or params.is_parametrized(mod)
+                       or getattr(type(mod), "execution", None) is not None)]
     inputs = _layer_inputs(m, example, names)
     records: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -181,7 +195,11 @@ def for_inference(model: nn.Module, *, example: Any, prefer: Literal["speed", "m
                 cands = _linear_candidates(mod)
         elif isinstance(mod, WeightOnlyLayer):
             cands = _weight_only_candidates(mod) if x is not None else {"packed, decoded per call": mod}
+        elif isinstance(mod, DynamicInt8Linear) and x is not None and prefer == "speed" and decode_int8:
+            cands = _dynamic_int8_candidates(mod)
         else:
+            if getattr(type(mod), "execution", None) is not None:
+                records[name] = {"chosen": "kept", "reason": execution_label(mod)}
             continue
         chosen, record = _choose(name, cands, x if x is not None else torch.empty(0), prefer, timer)
         new = cands[chosen]
