@@ -20,7 +20,7 @@ RANKS: dict[str, int] = {
     "nn": NN,
     "prune": FAMILY, "quant": FAMILY, "lowrank": FAMILY, "cluster": FAMILY, "distill": FAMILY,
     "codec": FAMILY, "measure": FAMILY, "data": FAMILY, "models": FAMILY, "train": FAMILY,
-    "plan": TOP, "recipe": TOP, "export": TOP, "api": TOP, "report": TOP,
+    "plan": TOP, "infer": TOP, "recipe": TOP, "export": TOP, "api": TOP, "report": TOP,
     "cli": CLI, "__main__": CLI,
     "": CLI,  # torchshrink/__init__.py: the public API, which only the cli builds on
 }

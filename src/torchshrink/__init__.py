@@ -111,3 +111,9 @@ __all__ += ["PlanResult", "default_candidates", "plan"]
 from torchshrink.api import cluster, prune  # noqa: E402,F811
 from torchshrink.export import export  # noqa: E402,F811
 from torchshrink.plan import plan  # noqa: E402,F811
+
+# --- inference form: the compressed model as this machine runs it fastest / smallest ---
+from torchshrink.infer import for_inference  # noqa: E402
+from torchshrink.infer.load import load  # noqa: E402,F811  (codec's load plus inference=True)
+
+__all__ += ["for_inference"]

@@ -231,7 +231,11 @@ def plan(
     x = example if example is not None else _default_example(model)
 
     def lat(m: nn.Module) -> float:
-        return time_forward(m, x, runs=latency_runs, warmup=3, threads=threads).median_ms
+        # What a deployment runs: the inference form (kernels chosen per layer), not the
+        # training form's masks and per-call decoding.
+        from torchshrink.infer import for_inference
+
+        return time_forward(for_inference(m, example=x), x, runs=latency_runs, warmup=3, threads=threads).median_ms
 
     base = Candidate("baseline (as given)", {}, _file_bytes(model), lat(model), float(evaluate(model)))
     limit_bytes = None if max_bytes is None else (max_bytes * base.file_bytes if max_bytes <= 1.0 else max_bytes)  # type: ignore[operator]

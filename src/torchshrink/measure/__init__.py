@@ -9,6 +9,7 @@ from torchshrink.measure.core import measure
 from torchshrink.measure.latency import LatencyStats, num_threads, time_forward
 from torchshrink.measure.macs import count_macs, register_mac_formula, slice_batch
 from torchshrink.measure.report import Report, compare, format_table
+from torchshrink.measure.resident import resident_bytes
 from torchshrink.measure.weights import LayerRow, effective_tensors, execution_label, layer_rows
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "measure",
     "num_threads",
     "register_mac_formula",
+    "resident_bytes",
     "slice_batch",
     "time_forward",
 ]

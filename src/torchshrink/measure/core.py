@@ -13,6 +13,7 @@ from torchshrink.errors import ArtifactError, ConfigError, DataError
 from torchshrink.measure.latency import LatencyStats, time_forward
 from torchshrink.measure.macs import count_macs, slice_batch
 from torchshrink.measure.report import Report
+from torchshrink.measure.resident import resident_bytes
 from torchshrink.measure.weights import LayerRow, layer_rows
 
 __all__ = ["measure"]
@@ -129,4 +130,5 @@ def measure(
         metric=metric,
         metric_name=name,
         layers=rows,
+        resident_bytes=resident_bytes(model),
     )

@@ -26,6 +26,8 @@ class Report:
         every (batch, threads) combination.
     metric: the task metric `evaluate(model)` returned (accuracy in percent for classifiers).
     layers: one row per module that holds weights.
+    resident_bytes: bytes of every tensor the model holds in memory (parameters and buffers,
+        shared storage counted once): what it costs to keep loaded, beside `dense_bytes`.
     """
 
     model: str
@@ -42,6 +44,7 @@ class Report:
     metric: float | None = None
     metric_name: str = "metric"
     layers: list[LayerRow] = dataclasses.field(default_factory=list)
+    resident_bytes: int | None = None
 
     @property
     def sparsity(self) -> float:
@@ -61,6 +64,7 @@ class Report:
             "nonzero_params": self.nonzero_params,
             "sparsity": self.sparsity,
             "dense_bytes": self.dense_bytes,
+            "resident_bytes": self.resident_bytes,
             "artifact_bytes": self.artifact_bytes,
             "artifact": self.artifact,
             "compression_ratio": self.compression_ratio,
@@ -87,6 +91,8 @@ class Report:
             ("nonzero params", f"{_int(self.nonzero_params)} ({100 * self.sparsity:.1f}% sparse)"),
             ("dense fp32 bytes", _int(self.dense_bytes)),
         ]
+        if self.resident_bytes is not None:
+            rows.append(("resident bytes", _int(self.resident_bytes)))
         if self.artifact_bytes is not None:
             ratio = self.compression_ratio
             rows.append(("bytes on disk", _int(self.artifact_bytes) + (f" ({ratio:.2f}x vs fp32)" if ratio else "")))
@@ -160,6 +166,9 @@ def compare(before: Report, after: Report, *, labels: tuple[str, str] = ("before
                  _size_change(before.nonzero_params, after.nonzero_params)))
     rows.append(("dense fp32 bytes", _int(before.dense_bytes), _int(after.dense_bytes),
                  _size_change(before.dense_bytes, after.dense_bytes)))
+    if before.resident_bytes is not None and after.resident_bytes is not None:
+        rows.append(("resident bytes", _int(before.resident_bytes), _int(after.resident_bytes),
+                     _size_change(before.resident_bytes, after.resident_bytes)))
     if before.artifact_bytes is not None or after.artifact_bytes is not None:
         rows.append(("bytes on disk", _int(before.artifact_bytes), _int(after.artifact_bytes),
                      _size_change(before.artifact_bytes, after.artifact_bytes)))

@@ -70,6 +70,10 @@ def execution_label(module: nn.Module) -> str:
             labels.append(label)
 
     take(module)
+    # The inference form records which measured form it chose and why (`ts.for_inference`).
+    choice = getattr(module, "inference_choice", None)
+    if isinstance(choice, str) and choice not in labels:
+        labels.append(choice)
     if parametrize.is_parametrized(module):
         for plist in module.parametrizations.values():  # type: ignore[operator]
             for p in plist:

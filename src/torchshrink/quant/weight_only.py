@@ -61,9 +61,10 @@ class WeightOnlyLayer(nn.Module):
     col_scale: torch.Tensor | None
 
     def __init__(self, op: LayerOp, *, bits: int, symmetric: bool, granularity: Granularity,
-                 group_size: int | None, bias: bool, col_scale: bool = False, cpu_kernel: bool = False) -> None:
+                 group_size: int | None, bias: bool, col_scale: bool = False,
+                 cpu_kernel: bool | None = None) -> None:
         super().__init__()
-        self.cpu_kernel = cpu_kernel
+        self.cpu_kernel = cpu_kernel  # None: the int4 kernel where eligible; False: always the exact float path
         self._int4: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None  # (key, packed, scales/zeros)
         self.op = dict(op)
         self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
@@ -81,7 +82,7 @@ class WeightOnlyLayer(nn.Module):
 
     @property
     def execution(self) -> str:
-        if self.cpu_kernel and int4_kernel_ok(self):
+        if self.cpu_kernel is not False and int4_kernel_ok(self):
             return "bit-packed int4, PyTorch's int4 CPU matmul kernel (bf16 activations) in eval mode"
         return f"bit-packed int{self.bits} dequant-on-the-fly"
 
@@ -120,7 +121,7 @@ class WeightOnlyLayer(nn.Module):
         return self._int4[1], self._int4[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel and not self.training and x.device.type == "cpu" and int4_kernel_ok(self):
+        if self.cpu_kernel is not False and not self.training and x.device.type == "cpu" and int4_kernel_ok(self):
             packed, sz = self._int4_operands()
             n, k = self.shape
             x2 = x.reshape(-1, k)
@@ -162,10 +163,10 @@ register_module(
     to_spec=lambda m: {"op": m.op, "bits": m.bits, "symmetric": m.symmetric, "granularity": m.granularity,
                        "group_size": m.group_size, "bias": m.bias is not None,
                        **({"col_scale": True} if m.col_scale is not None else {}),
-                       **({"cpu_kernel": True} if m.cpu_kernel else {})},
+                       **({"cpu_kernel": m.cpu_kernel} if m.cpu_kernel is not None else {})},
     from_spec=lambda s: WeightOnlyLayer(s["op"], bits=s["bits"], symmetric=s["symmetric"],
                                         granularity=s["granularity"], group_size=s["group_size"], bias=s["bias"],
-                                        col_scale=s.get("col_scale", False), cpu_kernel=s.get("cpu_kernel", False)),
+                                        col_scale=s.get("col_scale", False), cpu_kernel=s.get("cpu_kernel")),
     name="WeightOnlyLayer",
 )
 
@@ -320,10 +321,12 @@ class WeightOnly(Config):
         input column by its activation size to the power alpha (searched per layer on the same
         data) before rounding and divides it back out: one more float per input column. Layers
         after QAT, codebook layers and grouped convs keep RTN.
-    cpu_kernel: run eligible layers (int4 Linear, group_size 32/64/128/256, outputs a multiple
-        of 16) through PyTorch's packed int4 CPU matmul in eval mode: several times faster than
-        float at batch 1, with activations and scales rounded to bfloat16 (outputs differ from
-        the float path by about 1e-2 relative). The file is the same; export uses the float path.
+    cpu_kernel: None (default) runs eligible layers (int4 Linear, group_size 32/64/128/256,
+        outputs a multiple of 16) through PyTorch's packed int4 CPU matmul in eval mode: several
+        times faster than float at batch 1, with activations and scales rounded to bfloat16
+        (outputs differ from the float path by about 1e-2 relative); training mode and other
+        layers use the exact float path. False: always the exact float path; True: the same as
+        None, recorded as asked for. The file is the same; export uses the float path.
     """
 
     bits: int = 4
@@ -331,7 +334,7 @@ class WeightOnly(Config):
     symmetric: bool = True
     clip: Literal["minmax", "mse", "output"] = "mse"
     algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
-    cpu_kernel: bool = False
+    cpu_kernel: bool | None = None
     calibration_batches: int = 32
     damping: float = 0.01
     targets: tuple[str, ...] | None = None

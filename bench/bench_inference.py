@@ -1,0 +1,250 @@
+"""The inference form (`ts.for_inference`) beside fp32: latency at batch 1 and 32 and resident
+bytes for every registered method on the reference models; the Deep Compression lenet300
+(speed and memory preferences); and the AlexNet-sized sparse fully connected layers against
+dense and torch.sparse CSR.
+
+    python bench/bench_inference.py            # ~15 min on a loaded 2-core machine
+    python bench/bench_inference.py --quick    # smoke run: fewer models, fewer repeats
+
+Protocol: 1 thread (--threads), every compared variant timed in the same interleaved loop
+(best of 3 calls per round, median over rounds), load average written beside the figures.
+Method rows use the reference models with seeded random weights (latency and bytes do not
+depend on training), calibration from the bundled mnist5k (LeNets) or random inputs of the
+model's shape; the Deep Compression model is trained briefly on mnist5k.
+Writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchshrink as ts
+from _common import table
+from torchshrink.infer import CompactSparseLinear, kernel_available
+from torchshrink.measure import resident_bytes
+from torchshrink.measure.latency import interleaved_times
+from torchshrink.prune.sparse import SparseLinear
+
+RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+NOISE = 1.10  # ratios within 10% of fp32 are inside the run-to-run spread on a loaded 2-core machine
+MODELS = ("lenet300", "lenet5", "resnet_small", "gpt_tiny")
+
+
+def times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    with torch.no_grad():
+        per = interleaved_times(fns, rounds=rounds, per_round=3, warmup=1)
+    return {k: statistics.median(min(r) for r in v) for k, v in per.items()}
+
+
+def call(m: nn.Module, x: Any) -> Callable[[], Any]:
+    return (lambda: m(**x)) if isinstance(x, dict) else (lambda: m(x))
+
+
+def context(name: str, model: nn.Module, mnist: Any) -> dict[str, Any]:
+    if name.startswith("lenet"):
+        x, y = mnist.train.tensors
+        ds = TensorDataset(x[:512], y[:512])
+    elif name == "gpt_tiny":
+        block = ts.models.example_input(model, 1).shape[-1]
+        t = torch.randint(0, 256, (128, block + 1), generator=torch.Generator().manual_seed(0))
+        ds = TensorDataset(t[:, :-1].contiguous(), t[:, 1:].contiguous())
+    else:
+        x = torch.randn(256, *ts.models.example_input(model, 1).shape[1:], generator=torch.Generator().manual_seed(0))
+        ds = TensorDataset(x, torch.randint(0, 10, (256,)))
+    loader = DataLoader(ds, batch_size=64)
+    return {"example": ts.models.example_input(model, 4), "calibration": list(loader)[:4], "train": loader,
+            "val": loader, "evaluate": lambda m: ts.evaluate(m, loader)["accuracy"], "progress": False}
+
+
+def config_of(method: Any) -> Any:
+    example = getattr(method.config, "example", None)
+    return example() if callable(example) else method.config()
+
+
+def forms(records: dict[str, dict[str, Any]]) -> str:
+    chosen: dict[str, int] = {}
+    for r in records.values():
+        k = r["chosen"] if r["chosen"] != "kept" else f"kept {r['reason']}"
+        chosen[k] = chosen.get(k, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in chosen.items()) or "no layer to change"
+
+
+def method_rows(models: tuple[str, ...], rounds: int, mnist: Any) -> list[dict[str, Any]]:
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        fp32 = ts.models.create(name).eval()
+        base_bytes = resident_bytes(fp32)
+        for method in ts.methods():
+            row: dict[str, Any] = {"model": name, "method": method.name}
+            model = copy.deepcopy(fp32)
+            t0 = time.perf_counter()
+            try:
+                out = ts.apply(model, config_of(method), **context(name, model, mnist)).eval()
+            except ts.ShrinkError as e:
+                row["note"] = f"not applicable: {str(e).splitlines()[0][:90]}"
+                rows.append(row)
+                continue
+            row["apply_s"] = time.perf_counter() - t0
+            notes = []
+            for batch in (1, 32):
+                x = ts.models.example_input(name, batch)
+                inf = ts.for_inference(out, example=x)
+                t = times_ms({"fp32": call(fp32, x), "inference": call(inf, x), "training form": call(out, x)}, rounds)
+                row[f"b{batch}_fp32_ms"], row[f"b{batch}_ms"] = t["fp32"], t["inference"]
+                row[f"b{batch}_ratio"] = t["inference"] / t["fp32"]
+                row[f"b{batch}_training_form_ratio"] = t["training form"] / t["fp32"]
+                row[f"b{batch}_forms"] = forms(inf.torchshrink_inference)
+                if batch == 1:
+                    row["resident_ratio"] = resident_bytes(inf) / base_bytes
+                    row["resident_bytes"] = resident_bytes(inf)
+                if row[f"b{batch}_ratio"] > NOISE:
+                    notes.append(f"b{batch}: {row[f'b{batch}_forms']}")
+            if row["resident_ratio"] > 1.0:
+                notes.append("larger than fp32")
+            if notes:
+                row["note"] = f"slower than fp32 by more than {NOISE - 1:.0%}; forms chosen: " + "; ".join(notes)
+            rows.append(row)
+            print(f"  {name:12s} {method.name:18s} b1 {row['b1_ratio']:.2f}x b32 {row['b32_ratio']:.2f}x "
+                  f"mem {row['resident_ratio']:.3f}", flush=True)
+    return rows
+
+
+def deep_compression(rounds: int, mnist: Any, epochs: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    train, _, test = ts.data.loaders(mnist, batch_size=64)
+    fp32 = ts.models.create("lenet300")
+    ts.fit(fp32, train, epochs=epochs, lr=1e-3, progress=False)
+    fp32.eval()
+    # The recipe's final per-layer sparsities and 4-bit sharing, with one short fine-tune.
+    m = ts.prune(copy.deepcopy(fp32), ts.MagnitudePruning(per_layer={"fc1": 0.935, "fc2": 0.82, "fc3": 0.45}))
+    ts.fit(m, train, epochs=1, lr=1e-3, progress=False)
+    m = ts.cluster(m, ts.KMeansSharing(bits=4)).eval()
+    out: dict[str, Any] = {"epochs": epochs, "accuracy_fp32": ts.evaluate(fp32, test)["accuracy"],
+                           "accuracy_compressed": ts.evaluate(m, test)["accuracy"],
+                           "fp32_resident_bytes": resident_bytes(fp32),
+                           "training_form_resident_bytes": resident_bytes(m)}
+    for batch in (1, 64):
+        x = ts.models.example_input("lenet300", batch)
+        speed = ts.for_inference(m, example=x, prefer="speed")
+        memory = ts.for_inference(m, example=x, prefer="memory")
+        with torch.no_grad():
+            out[f"b{batch}_max_abs_diff_speed"] = float((speed(x) - m(x)).abs().max())
+            out[f"b{batch}_max_abs_diff_memory"] = float((memory(x) - m(x)).abs().max())
+        t = times_ms({"fp32": call(fp32, x), "speed": call(speed, x), "memory": call(memory, x),
+                      "training form": call(m, x)}, rounds)
+        out[f"b{batch}_ms"] = t
+        out[f"b{batch}_speed_forms"] = {k: r["chosen"] for k, r in speed.torchshrink_inference.items()}
+        out[f"b{batch}_memory_forms"] = {k: r["chosen"] for k, r in memory.torchshrink_inference.items()}
+        out["speed_resident_bytes" if batch == 1 else "speed_resident_bytes_b64"] = resident_bytes(speed)
+        out["memory_resident_bytes"] = resident_bytes(memory)
+    out["memory_resident_ratio"] = out["memory_resident_bytes"] / out["fp32_resident_bytes"]
+    return out
+
+
+def alexnet_layers(rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for out_f, in_f, density in ((4096, 9216, 0.09), (4096, 4096, 0.09), (1000, 4096, 0.25)):
+        w = torch.randn(out_f, in_f, generator=g) * 0.01
+        w = w * (torch.rand(out_f, in_f, generator=g) < density)
+        b = torch.randn(out_f, generator=g)
+        table16 = torch.randn(16, generator=g) * 0.01  # 4-bit shared weights, as Deep Compression's FC layers
+        idx = torch.randint(0, 16, (out_f, in_f), generator=g)
+        ws = table16[idx] * (w != 0)
+        dense, dense_s = nn.Linear(in_f, out_f), nn.Linear(in_f, out_f)
+        with torch.no_grad():
+            dense.weight.copy_(w), dense.bias.copy_(b), dense_s.weight.copy_(ws), dense_s.bias.copy_(b)
+        ours, ours_s = CompactSparseLinear(w, b), CompactSparseLinear(ws, b, codebook=(table16, idx))
+        torch_csr = SparseLinear.from_linear(dense)
+        x = torch.randn(1, in_f, generator=g)
+        with torch.no_grad():
+            err = float((ours(x) - dense(x)).abs().max()), float((ours_s(x) - dense_s(x)).abs().max())
+        t = times_ms({"dense fp32": call(dense, x), "torch CSR": call(torch_csr, x), "compact CSR": call(ours, x),
+                      "compact CSR + codebook": call(ours_s, x)}, rounds)
+        rows.append({"shape": f"{out_f}x{in_f}", "density": density, "ms": t,
+                     "speedup_compact": t["dense fp32"] / t["compact CSR"],
+                     "speedup_codebook": t["dense fp32"] / t["compact CSR + codebook"],
+                     "speedup_torch_csr": t["dense fp32"] / t["torch CSR"], "max_abs_err": err,
+                     "bytes": {"dense": resident_bytes(dense), "compact": resident_bytes(ours),
+                               "codebook": resident_bytes(ours_s), "torch CSR": resident_bytes(torch_csr)}})
+        print(f"  {out_f}x{in_f} @ {density:.0%}: {t}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--only", choices=("methods", "deep_compression", "alexnet"), action="append")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    only = set(args.only or ("methods", "deep_compression", "alexnet"))
+    rounds = 5 if args.quick else 15
+    load_before = os.getloadavg()
+    mnist = ts.data.load("mnist5k")
+    result: dict[str, Any] = {"threads": args.threads, "quick": args.quick, "kernel_compiled": kernel_available(),
+                              "torch": torch.__version__, "machine": platform.machine(),
+                              "load_average_before": load_before}
+    if "alexnet" in only:
+        print("AlexNet-sized FC layers, batch 1:")
+        result["alexnet_layers"] = alexnet_layers(rounds)
+    if "deep_compression" in only:
+        print("Deep Compression lenet300:")
+        result["deep_compression"] = deep_compression(rounds, mnist, 1 if args.quick else 3)
+    if "methods" in only:
+        print("every method, inference form vs fp32:")
+        result["methods"] = method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist)
+    result["load_average_after"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print_tables(result)
+    return 0
+
+
+def print_tables(r: dict[str, Any]) -> None:
+    print(f"\n{r['threads']} thread(s); load average before {r['load_average_before']}, after "
+          f"{r['load_average_after']}; compiled kernel: {r['kernel_compiled']}")
+    if "alexnet_layers" in r:
+        print(table(("layer", "density", "dense ms", "torch CSR ms", "compact ms", "codebook ms", "compact x",
+                     "codebook x", "torch CSR x"),
+                    [(a["shape"], a["density"], a["ms"]["dense fp32"], a["ms"]["torch CSR"], a["ms"]["compact CSR"],
+                      a["ms"]["compact CSR + codebook"], a["speedup_compact"], a["speedup_codebook"],
+                      a["speedup_torch_csr"]) for a in r["alexnet_layers"]],
+                    float_format=".3g", title="\nAlexNet-sized sparse FC layers at batch 1 (x = faster than dense)"))
+    if "deep_compression" in r:
+        d = r["deep_compression"]
+        rows = [(f"batch {b}", d[f"b{b}_ms"]["fp32"], d[f"b{b}_ms"]["speed"], d[f"b{b}_ms"]["memory"],
+                 d[f"b{b}_ms"]["training form"]) for b in (1, 64)]
+        print(table(("", "fp32 ms", "speed ms", "memory ms", "training form ms"), rows, float_format=".4g",
+                    title=f"\nDeep Compression lenet300 (acc fp32 {d['accuracy_fp32']:.2f}, compressed "
+                          f"{d['accuracy_compressed']:.2f}); resident bytes fp32 {d['fp32_resident_bytes']:,}, "
+                          f"training form {d['training_form_resident_bytes']:,}, speed {d['speed_resident_bytes']:,},"
+                          f" memory {d['memory_resident_bytes']:,} ({d['memory_resident_ratio']:.3f} of fp32)"))
+    if "methods" in r:
+        rows = [(m["model"], m["method"], f"{m['b1_ratio']:.2f}" if "b1_ratio" in m else "-",
+                 f"{m['b32_ratio']:.2f}" if "b32_ratio" in m else "-",
+                 f"{m['resident_ratio']:.3f}" if "resident_ratio" in m else "-",
+                 f"{m['b1_training_form_ratio']:.2f}" if "b1_ratio" in m else "-", m.get("note", ""))
+                for m in r["methods"]]
+        print(table(("model", "method", "b1 time/fp32", "b32 time/fp32", "bytes/fp32", "b1 training form/fp32",
+                     "note"), rows, title="\nEvery method: inference form against fp32 (ratios < 1 are better)"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

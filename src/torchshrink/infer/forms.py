@@ -1,0 +1,153 @@
+"""The execution forms a layer of the inference form can take, each a small nn.Module holding
+only what it computes with (no parametrizations, no zero-filled originals).
+
+- `CompactSparseLinear`: CSR with int32 row pointers, uint16 column indices and either fp32
+  values or uint8 codebook indices into a float table, run by the compiled kernel
+  (`infer.kernels`); exact up to float summation order.
+- `Int4Linear`: the weight in PyTorch's packed int4 CPU layout with bf16 scales and zeros,
+  run by `aten._weight_int4pack_mm_for_cpu` (activations rounded to bf16).
+- dense layers are plain `nn.Linear` / `nn.Conv*d` with the effective weight baked in.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from torchshrink.infer import kernels
+
+__all__ = ["CompactSparseLinear", "Int4Linear", "MAX_SPARSE_INPUTS"]
+
+MAX_SPARSE_INPUTS = 65536  # uint16 column indices
+
+
+class CompactSparseLinear(nn.Module):
+    """y = x W^T + b with W in compact CSR (see the module docstring)."""
+
+    rowptr: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor | None
+    codes: torch.Tensor | None
+    table: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                 codebook: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """weight: the dense effective (out, in) weight. codebook: (table, indices of weight's
+        shape) when the values are shared; pruned entries (weight == 0) are left out."""
+        super().__init__()
+        out_features, in_features = weight.shape
+        if in_features > MAX_SPARSE_INPUTS:
+            raise ValueError(f"compact CSR holds at most {MAX_SPARSE_INPUTS} inputs, got {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        keep = weight != 0
+        rowptr, cols, order = kernels.blocked_csr(keep)
+        self.register_buffer("rowptr", rowptr)
+        self.register_buffer("cols", cols)
+        if codebook is not None:
+            table, indices = codebook
+            self.register_buffer("values", None)
+            self.register_buffer("codes", indices[keep][order].to(torch.uint8).contiguous())
+            self.register_buffer("table", table.detach().float().contiguous().clone())
+        else:
+            self.register_buffer("values", weight[keep][order].float().contiguous())
+            self.register_buffer("codes", None)
+            self.register_buffer("table", None)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
+
+    @property
+    def nnz(self) -> int:
+        return int(self.cols.numel())
+
+    @property
+    def execution(self) -> str:
+        what = "uint8 codebook indices" if self.codes is not None else "fp32 values"
+        kernel = "compiled kernel" if kernels.available() else "torch CSR fallback (no C compiler)"
+        return f"compact CSR (uint16 columns, {what}, {kernel})"
+
+    def _values(self) -> torch.Tensor:
+        if self.values is not None:
+            return self.values
+        assert self.table is not None and self.codes is not None
+        return self.table[self.codes.long()]
+
+    def dense_weight(self) -> torch.Tensor:
+        w = torch.zeros(self.out_features, self.in_features)
+        w[self._rows(), self.cols.to(torch.int32).long()] = self._values()
+        return w
+
+    def _rows(self) -> torch.Tensor:
+        """The row of every stored nonzero (in the kernel's block-major order)."""
+        counts = torch.diff(self.rowptr.long(), dim=1).reshape(-1)
+        rows = torch.arange(self.out_features).repeat(self.rowptr.shape[0])
+        return torch.repeat_interleave(rows, counts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if kernels.available() and rows.device.type == "cpu":
+            y = kernels.csr_matmul(rows.float(), self.rowptr, self.cols, self.out_features, values=self.values,
+                                   codes=self.codes, table=self.table, bias=self.bias)
+        else:
+            idx = torch.stack([self._rows(), self.cols.to(torch.int32).long()])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse support is in beta"
+                coo = torch.sparse_coo_tensor(idx, self._values(), (self.out_features, self.in_features))
+            y = torch.sparse.mm(coo, rows.float().t()).t()
+            if self.bias is not None:
+                y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def ts_effective_weights(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.dense_weight()}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
+
+
+class Int4Linear(nn.Module):
+    """A 4-bit group-wise Linear in the layout of PyTorch's int4 CPU matmul kernel."""
+
+    execution = "int4 kernel (aten._weight_int4pack_mm_for_cpu, bf16 activations)"
+    packed: torch.Tensor
+    scales_zeros: torch.Tensor
+    bias: torch.Tensor | None
+    col_scale: torch.Tensor | None
+
+    def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, *, in_features: int, out_features: int,
+                 group_size: int, bias: torch.Tensor | None, col_scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_zeros", scales_zeros)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("col_scale", None if col_scale is None else col_scale.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        if self.col_scale is not None:
+            x2 = x2 / self.col_scale
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), self.packed, self.group_size,
+                                                       self.scales_zeros).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def ts_effective_weights(self) -> dict[str, torch.Tensor]:
+        # The kernel applied to the identity reads the weight back as it computes with it.
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        wt = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, self.scales_zeros)
+        w = wt.float().t()
+        if self.col_scale is not None:
+            w = w / self.col_scale
+        out = {"weight": w}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
