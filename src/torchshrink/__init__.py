@@ -110,10 +110,10 @@ __all__ += ["PlanResult", "default_candidates", "plan"]
 # importable by their full names (sys.modules), e.g. `from torchshrink.prune import PruningMask`.
 from torchshrink.api import cluster, prune  # noqa: E402,F811
 from torchshrink.export import export  # noqa: E402,F811
-from torchshrink.plan import plan  # noqa: E402,F811
 
 # --- inference form: the compressed model as this machine runs it fastest / smallest ---
 from torchshrink.infer import for_inference  # noqa: E402
 from torchshrink.infer.load import load  # noqa: E402,F811  (codec's load plus inference=True)
+from torchshrink.plan import plan  # noqa: E402,F811
 
 __all__ += ["for_inference"]

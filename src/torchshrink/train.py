@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchshrink.batches import call_model, logits_of, to_device, unwrap_batch
+from torchshrink.distributed import is_main_process, setup_distributed, shard_loader
 from torchshrink.errors import ConfigError, DataError
 from torchshrink.progress import progress_bar
 
@@ -214,81 +215,6 @@ class Checkpoint(Callback):
         self._write(model, state)
 
 
-# ----------------------------------------------------------------------------- distributed
-
-
-def is_main_process() -> bool:
-    """True outside distributed runs and on rank 0 inside one."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-@dataclasses.dataclass
-class _Distributed:
-    rank: int
-    local_rank: int
-    world_size: int
-    created_group: bool
-
-
-def _torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, local_rank, world_size) when this process was started by torchrun (which sets
-    these variables as its launch protocol) with more than one process."""
-    world = os.environ.get("WORLD_SIZE")
-    local = os.environ.get("LOCAL_RANK")
-    if world is None or local is None or int(world) <= 1:
-        return None
-    return int(os.environ.get("RANK", local)), int(local), int(world)
-
-
-def _setup_distributed(dev: torch.device, distributed: bool | None) -> tuple[_Distributed | None, torch.device]:
-    import torch.distributed as dist
-
-    env = _torchrun_env()
-    if distributed is False or (distributed is None and env is None and not dist.is_initialized()):
-        return None, dev
-    if not dist.is_available():
-        raise ConfigError("distributed training needs a torch build with torch.distributed")
-    created = False
-    if not dist.is_initialized():
-        if env is None:
-            raise ConfigError(
-                "fit(distributed=True) needs a launcher: start the script with "
-                "`torchrun --nproc_per_node=N script.py` (or initialize torch.distributed yourself)"
-            )
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-        created = True
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = env[1] if env is not None else rank
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    return _Distributed(rank, local, world, created), dev
-
-
-def _shard_loader(loader: Iterable[Any], dd: _Distributed, seed: int | None) -> tuple[Iterable[Any], Any]:
-    """The same loader with a DistributedSampler, so each process sees its own share of the
-    data (padded to equal length: unequal step counts would deadlock the gradient all-reduce)."""
-    from torch.utils.data import DataLoader, RandomSampler
-    from torch.utils.data.distributed import DistributedSampler
-
-    if not isinstance(loader, DataLoader):
-        return loader, None  # the caller shards a custom iterable itself
-    if isinstance(loader.sampler, DistributedSampler):
-        return loader, loader.sampler
-    if loader.batch_size is None:  # a custom batch_sampler: we cannot re-shard it faithfully
-        raise ConfigError("distributed fit() needs a DataLoader built with batch_size=, not batch_sampler=")
-    sampler: DistributedSampler[Any] = DistributedSampler(loader.dataset, num_replicas=dd.world_size, rank=dd.rank,
-                                 shuffle=isinstance(loader.sampler, RandomSampler), seed=seed or 0,
-                                 drop_last=loader.drop_last)
-    sharded = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                         collate_fn=loader.collate_fn, drop_last=loader.drop_last,
-                         num_workers=loader.num_workers, pin_memory=loader.pin_memory)
-    return sharded, sampler
-
-
 # ----------------------------------------------------------------------------- fit
 
 
@@ -345,7 +271,7 @@ def fit(
     if seed is not None:
         seed_everything(seed)
     dev = torch.device(device) if device is not None else _model_device(model)
-    dd, dev = _setup_distributed(dev, distributed)
+    dd, dev = setup_distributed(dev, distributed)
     model.to(dev)
     loss_fn = loss or functools.partial(default_loss, label_smoothing=label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -359,7 +285,7 @@ def fit(
     if dd is not None:
         from torch.nn.parallel import DistributedDataParallel
 
-        train, sampler = _shard_loader(train, dd, seed)
+        train, sampler = shard_loader(train, dd, seed)
         runner = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     show = progress and (dd is None or dd.rank == 0)
     opt = _make_optimizer(params, optimizer, lr, weight_decay, momentum)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchshrink as ts
 from torchshrink import models
-from torchshrink.export.qdq import unpack_stream
+from torchshrink.export.packed import unpack_stream
 from torchshrink.quant.packing import pack
 
 

@@ -136,3 +136,12 @@ def test_load_inference_needs_an_example(tmp_path: Any) -> None:
     assert resident_bytes(f) < resident_bytes(ts.load(path)) / 10
     with torch.no_grad():
         torch.testing.assert_close(f(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_loading_the_sparse_kernel_keeps_subnormal_floats() -> None:
+    # A library built with -ffast-math turns on flush-to-zero for the whole process.
+    from torchshrink.infer import kernels
+
+    kernels.available()
+    tiny = torch.tensor(1e-40, dtype=torch.float32)
+    assert float(tiny * 1.0) != 0.0

@@ -90,7 +90,7 @@ def _pack_codebooks(model: nn.Module) -> dict[str, str]:
     (a Deep Compression LeNet-300-100 file is several times smaller than with float weights).
     Only when the codebook is the last parametrization (anything after it changes the values)
     and the layer is a plain Linear/Conv (no other tensor is parametrized)."""
-    from torchshrink.export.qdq import CodebookLayer, CodebookWeight
+    from torchshrink.export.packed import CodebookLayer, CodebookWeight
 
     try:
         from torchshrink.cluster.codebook import Codebook

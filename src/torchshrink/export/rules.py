@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchshrink.export.packed import PackedWeightConv, PackedWeightLinear
 from torchshrink.export.qdq import (
     DynamicInt8Linear,
-    PackedWeightConv,
-    PackedWeightLinear,
     QDQConv2d,
     QDQLinear,
     QuantDequant,

@@ -20,6 +20,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -104,8 +105,26 @@ def _cache_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".cache" / "torchshrink" / "kernels"
 
 
+# No -ffast-math: a shared library built with it sets flush-to-zero for the whole process on
+# load, changing every other float computation of the user's program. Reassociation alone is
+# what the accumulators need to vectorize.
+_FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+          "-fno-math-errno", "-fPIC", "-shared")
+
+
+def _cpu_signature() -> str:
+    """The CPU the library is built for (-march=native): a cache shared between machines
+    must not hand one CPU's build to another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
 def library_path() -> Path:
-    digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
+    key = "\0".join((_SOURCE, *_FLAGS, platform.machine(), _cpu_signature()))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return _cache_dir() / f"csr_{digest}.so"
 
 
@@ -120,7 +139,7 @@ def _library() -> ctypes.CDLL | None:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             src, out = Path(tmp) / "csr.c", Path(tmp) / "csr.so"
             src.write_text(_SOURCE)
-            cmd = [cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-x", "c", str(src), "-o", str(out)]
+            cmd = [cc, *_FLAGS, "-x", "c", str(src), "-o", str(out)]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
             except (OSError, subprocess.SubprocessError):

@@ -15,7 +15,7 @@ __all__ = ["load"]
 
 
 def load(path: str | os.PathLike[str], like: nn.Module | str | None = None, *, inference: bool = False,
-         example: Any = None, prefer: Literal["speed", "memory"] = "speed") -> nn.Module:
+         example: Any = None, prefer: Literal["speed", "memory"] = "speed", inplace: bool = False) -> nn.Module:
     """Rebuild a model from an artifact (see `torchshrink.codec.load`); with `inference=True`
     return its inference form (`ts.for_inference`) chosen at `example`'s batch size."""
     if inference and example is None:
@@ -23,5 +23,5 @@ def load(path: str | os.PathLike[str], like: nn.Module | str | None = None, *, i
                           "will serve), to time each layer's forms on")
     if prefer not in ("speed", "memory"):
         raise ConfigError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
-    model = load_artifact(path, like)
+    model = load_artifact(path, like, inplace=inplace)
     return for_inference(model, example=example, prefer=prefer) if inference else model

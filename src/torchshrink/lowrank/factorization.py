@@ -19,6 +19,14 @@ from torch import nn
 
 from torchshrink.config import Config, check, check_choice, check_range
 from torchshrink.errors import ConfigError, UnsupportedModelError
+from torchshrink.lowrank.costs import (
+    LAYER_TYPES,
+    count_params,
+    dense_macs,
+    layer_macs,
+    macs_per_rank,
+    record_shapes,
+)
 from torchshrink.lowrank.latency import measure_tables, model_time_ratio
 from torchshrink.lowrank.rank import (
     Candidate,
@@ -30,7 +38,6 @@ from torchshrink.lowrank.rank import (
     spectral_loss,
 )
 from torchshrink.lowrank.svd import (
-    ConvMode,
     FactorizedConv2d,
     FactorizedLinear,
     LayerSpectrum,
@@ -53,7 +60,6 @@ from torchshrink.registry import Context, register
 
 __all__ = ["SvdFactorization", "apply_svd_factorization", "chosen_ranks", "layer_macs", "count_params"]
 
-LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 _KINDS = ("rank", "energy", "ratio")
 _BUDGETS = ("budget_params", "budget_macs", "budget_latency")
 PerLayer = dict[str, int | dict[str, float]]
@@ -188,80 +194,6 @@ class SvdFactorization(Config):
 
 
 # ---------------------------------------------------------------------------------------------
-# Counting
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters of the model, each shared tensor once (parametrized weights count their
-    stored original, as the optimizer sees them)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
-@dataclasses.dataclass
-class _Shapes:
-    inp: tuple[int, ...]
-    out: tuple[int, ...]
-
-
-def _record_shapes(model: nn.Module, example: Any, names: set[str] | None = None) -> dict[str, _Shapes]:
-    shapes: dict[str, _Shapes] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, LAYER_TYPES) and (names is None or name in names):
-            def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name) -> None:
-                shapes[name] = _Shapes(tuple(args[0].shape), tuple(out.shape))
-            hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*example) if isinstance(example, tuple) else model(example)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
-def _dense_macs(m: nn.Module, sh: _Shapes) -> int:
-    """Multiply-adds of one Linear/Conv2d per sample (batch dimension divided out)."""
-    batch = sh.out[0] if len(sh.out) > 1 else 1
-    if isinstance(m, nn.Linear):
-        return math.prod(sh.out) // batch * m.in_features
-    assert isinstance(m, nn.Conv2d)
-    cin_g = m.in_channels // m.groups
-    return math.prod(sh.out) // batch * cin_g * m.kernel_size[0] * m.kernel_size[1]
-
-
-def layer_macs(model: nn.Module, example: Any) -> dict[str, int]:
-    """Per-sample multiply-adds of every Linear and Conv2d in `model` (factor pairs count as
-    their two children), measured with forward hooks on `example`."""
-    shapes = _record_shapes(model, example)
-    mods = dict(model.named_modules())
-    return {n: _dense_macs(mods[n], sh) for n, sh in shapes.items()}
-
-
-def _macs_per_rank(m: nn.Module, sh: _Shapes, mode: ConvMode) -> int:
-    batch = sh.out[0] if len(sh.out) > 1 else 1
-    if isinstance(m, nn.Linear):
-        positions = math.prod(sh.out) // batch // m.out_features
-        return positions * (m.in_features + m.out_features)
-    assert isinstance(m, nn.Conv2d)
-    hw_out = sh.out[-2] * sh.out[-1]
-    kh, kw = m.kernel_size
-    if mode == "channel":
-        return hw_out * (m.in_channels * kh * kw + m.out_channels)
-    # first conv (kh x 1) runs at output height and input width; second (1 x kw) at output size
-    return sh.out[-2] * sh.inp[-1] * m.in_channels * kh + hw_out * m.out_channels * kw
-
-
-# ---------------------------------------------------------------------------------------------
 # Rank rules
 
 
@@ -345,11 +277,11 @@ def _linear_costs(model: nn.Module, kind: str, spectra: list[LayerSpectrum], exa
     if kind == "params":
         return (float(count_params(model)), {sp.name: float(dense_params(sp.module)) for sp in spectra},
                 {sp.name: float(factor_params_per_rank(sp.module, sp.mode)) for sp in spectra})
-    shapes = _record_shapes(model, example)
+    shapes = record_shapes(model, example)
     all_mods = dict(model.named_modules())
-    total = float(sum(_dense_macs(all_mods[n], sh) for n, sh in shapes.items()))
-    return (total, {sp.name: float(_dense_macs(sp.module, shapes[sp.name])) for sp in spectra},
-            {sp.name: float(_macs_per_rank(sp.module, shapes[sp.name], sp.mode)) for sp in spectra})
+    total = float(sum(dense_macs(all_mods[n], sh) for n, sh in shapes.items()))
+    return (total, {sp.name: float(dense_macs(sp.module, shapes[sp.name])) for sp in spectra},
+            {sp.name: float(macs_per_rank(sp.module, shapes[sp.name], sp.mode)) for sp in spectra})
 
 
 def _unreachable(kind: str, value: float, budget: float, smallest: float, total: float) -> ConfigError:

@@ -21,7 +21,8 @@ from torchshrink.batches import iter_calibration, split_batch, to_device
 from torchshrink.config import Config, check, check_choice, check_range
 from torchshrink.errors import ConfigError, UnsupportedModelError
 from torchshrink.nn import params, select_layers, set_module
-from torchshrink.nn.graph import DependencyGraph, is_attention_like, trace_dependencies
+from torchshrink.nn.fxtrace import is_attention_like
+from torchshrink.nn.graph import DependencyGraph, trace_dependencies
 from torchshrink.prune.attention import PrunedMultiheadAttention
 from torchshrink.prune.criteria import labeled_batches, require_data
 from torchshrink.prune.mask import PruningMask, mask_of, set_mask
