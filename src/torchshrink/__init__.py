@@ -3,8 +3,10 @@
 The public API on one screen. Each family adds its names in its own section below.
 """
 
+import importlib
+
 from torchshrink import data, models
-from torchshrink.api import apply, cluster, factorize, prune, quantize
+from torchshrink.api import apply, factorize, quantize
 from torchshrink.config import Config
 from torchshrink.errors import (
     ArtifactError,
@@ -96,24 +98,23 @@ __all__ += ["Distillation", "distill"]
 # --- export to runtimes ---
 # `ts.export` is the function; the subpackage stays importable as torchshrink.export.<module>.
 from torchshrink.export import ExportResult, ParityError, load_pt2  # noqa: E402
-from torchshrink.export import export as export  # noqa: E402
 
 __all__ += ["ExportResult", "ParityError", "export", "load_pt2"]
 # --- plan: the recipe within a size/latency budget, measured ---
-from torchshrink.plan import PlanResult, default_candidates, plan  # noqa: E402
+from torchshrink.plan import PlanResult, default_candidates  # noqa: E402
 
 __all__ += ["PlanResult", "default_candidates", "plan"]
 
-# --- the verbs win over same-named subpackages ---
-# Importing torchshrink.prune / .cluster / .export binds those names on this package to the
-# subpackages; the public names are the functions, so bind them last. The subpackages stay
-# importable by their full names (sys.modules), e.g. `from torchshrink.prune import PruningMask`.
-from torchshrink.api import cluster, prune  # noqa: E402,F811
-from torchshrink.export import export  # noqa: E402,F811
 
 # --- inference form: the compressed model as this machine runs it fastest / smallest ---
 from torchshrink.infer import for_inference  # noqa: E402
 from torchshrink.infer.load import load  # noqa: E402,F811  (codec's load plus inference=True)
-from torchshrink.plan import plan  # noqa: E402,F811
 
 __all__ += ["for_inference"]
+
+# The verbs prune, cluster, export and plan are their (callable) subpackages, so both
+# `ts.prune(model, config)` and `import torchshrink.prune as tp` work (see _verb_module).
+prune = importlib.import_module("torchshrink.prune")  # noqa: F811
+cluster = importlib.import_module("torchshrink.cluster")  # noqa: F811
+export = importlib.import_module("torchshrink.export")  # noqa: F811
+plan = importlib.import_module("torchshrink.plan")  # noqa: F811

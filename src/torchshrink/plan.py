@@ -273,3 +273,9 @@ def _better(a: Candidate, b: Candidate) -> bool:
     """Higher metric wins; on a tie, the smaller file."""
     assert a.metric is not None and b.metric is not None
     return (a.metric, -(a.file_bytes or 0)) > (b.metric, -(b.file_bytes or 0))
+
+
+# `ts.plan(model, ...)`: this module is also the verb (see torchshrink._verb_module).
+from torchshrink._verb_module import make_callable  # noqa: E402
+
+make_callable(__name__, plan)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return float(ts.evaluate(m, b.val)["accuracy"])
 
     example = next(iter(b.test))[0][: args.batch]
-    res = ts.plan(b.model, recipes, evaluate=val_accuracy, max_bytes=args.max_bytes,
+    res = ts.plan.plan(b.model, recipes, evaluate=val_accuracy, max_bytes=args.max_bytes,
                   max_latency=args.max_latency, example=example, train=b.train, val=b.val, calibration=b.train,
                   progress=not args.quiet)
     say(res.table())

@@ -6,3 +6,8 @@ from torchshrink.export.check import ParityError, ParityReport
 from torchshrink.export.pt2 import load_pt2
 
 __all__ = ["FORMATS", "ExportResult", "ParityError", "ParityReport", "export", "load_pt2"]
+
+# `ts.export(model, path, example=x)`: this subpackage is also the verb (torchshrink._verb_module).
+from torchshrink._verb_module import make_callable  # noqa: E402
+
+make_callable(__name__, export)

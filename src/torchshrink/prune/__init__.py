@@ -19,3 +19,9 @@ __all__ = ["CRITERIA", "ChannelPruning", "GradualPruning", "HeadPruning", "Magni
            "PruningMask", "SparseExecution", "SparseLinear", "SparsityRegularization", "accelerate_semi_structured",
            "count_macs", "is_nm", "iterative_pruning", "mask_of", "polynomial_sparsity", "prune_channels", "prune_heads_and_mlp",
            "prune_unstructured", "remove_masks", "set_mask", "sparsity_of", "weight_scores"]
+
+# `ts.prune(model, config)`: this subpackage is also the verb (see torchshrink._verb_module).
+from torchshrink._verb_module import make_callable  # noqa: E402
+from torchshrink.api import prune as _prune  # noqa: E402
+
+make_callable(__name__, _prune)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from torchshrink.api import apply
 from torchshrink.config import check_range
 from torchshrink.errors import ConfigError
 from torchshrink.nn import check_per_layer_patterns, select_layers
@@ -95,8 +96,6 @@ def iterative_pruning(model: nn.Module, config: MagnitudePruning, train: Iterabl
     """Prune, retrain, repeat (Han et al. 2015): `rounds` rounds on the cubic schedule up to
     `config`'s sparsity, each followed by `epochs_per_round` of `fit()`. Returns per-round
     records (sparsity and, with `val`, accuracy)."""
-    import torchshrink as ts
-
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     records = []
@@ -105,7 +104,7 @@ def iterative_pruning(model: nn.Module, config: MagnitudePruning, train: Iterabl
         fraction = r / rounds
         step_cfg = config.replace(sparsity=s, per_layer=_scaled(config.per_layer,
                                                                 1 - (1 - fraction) ** 3, 0.0))
-        ts.prune(model, step_cfg, calibration=calibration)
+        apply(model, step_cfg, calibration=calibration, family="prune")
         fit(model, train, epochs=epochs_per_round, progress=False, **fit_kwargs)
         rec = {"round": float(r), "sparsity": s}
         if val is not None:
