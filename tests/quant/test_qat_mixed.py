@@ -108,3 +108,19 @@ def test_diagnostics_table_points_at_the_broken_layer(trained: nn.Module, synthe
     assert rows["conv"].output_sqnr_db > rows["fc1"].output_sqnr_db
     text = str(d)
     assert "weight SQNR dB" in text and "fc1" in text and "(model output)" in text
+
+
+def test_batchnorm_folding_warns_when_fx_cannot_trace() -> None:
+
+    class Dynamic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = x * 2
+            return self.bn(self.conv(x))
+
+    with pytest.warns(UserWarning, match=r"BatchNorm folding skipped: torch.fx cannot trace Dynamic"):
+        assert fold_batchnorm(Dynamic()) == []

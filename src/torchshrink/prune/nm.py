@@ -9,6 +9,7 @@ for `torch.sparse.to_sparse_semi_structured`, which runs on the sparse kernels.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -64,7 +65,9 @@ def accelerate_semi_structured(model: nn.Module) -> list[str]:
             continue  # a codebook or quantizer follows the mask; keep the chain
         try:
             sparse = to_sparse_semi_structured(w)
-        except Exception:  # shape or arch the sparse kernels do not support
+        except (RuntimeError, ValueError, NotImplementedError) as e:  # shape or GPU the kernels refuse
+            warnings.warn(f"{name} stays a masked dense layer: the 2:4 sparse kernel refused it "
+                          f"({type(e).__name__}: {str(e)[:200]})", UserWarning, stacklevel=2)
             continue
         params.remove(lin, PruningMask)
         lin.weight = nn.Parameter(sparse, requires_grad=False)

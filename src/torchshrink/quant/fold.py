@@ -2,10 +2,13 @@
 quantizer sees the weights that will really run (Jacob et al. 2018, section 3.2).
 
 Pairs are found on the fx graph (a Conv/Linear whose only user is a BatchNorm), never by
-name guessing; a model fx cannot trace is returned unchanged with `folded == []`.
+name guessing; a model fx cannot trace is returned unchanged with `folded == []`, and a
+warning says why.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -20,7 +23,10 @@ _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Linear, 
 def _pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         gm = torch.fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure just means "nothing to fold"
+    except Exception as e:  # noqa: BLE001 - fx raises many types for code it cannot trace
+        warnings.warn(f"BatchNorm folding skipped: torch.fx cannot trace {type(model).__name__} "
+                      f"({type(e).__name__}: {str(e)[:200]}); BatchNorm layers stay separate, so the "
+                      "quantizer sees unfolded weights", UserWarning, stacklevel=3)
         return []
     mods = dict(model.named_modules())
     out = []
