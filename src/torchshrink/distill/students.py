@@ -76,7 +76,7 @@ def fewer_blocks(model: nn.Module, n_blocks: int | None = None, *,
         if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
             raise ConfigError(f"keep must list distinct block indices in [0, {n}), got {idx}")
     student: Any = copy.deepcopy(model)
-    setattr(student, blocks_attr, nn.ModuleList([copy.deepcopy(blocks[i]) for i in idx]))
+    set_module(student, blocks_attr, nn.ModuleList([copy.deepcopy(blocks[i]) for i in idx]))
     cfg = getattr(student, "config", None)
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) and hasattr(cfg, "n_layer"):
         student.config = dataclasses.replace(cfg, n_layer=len(idx))

@@ -3,18 +3,17 @@ dense and per unit of rank, from the shapes a forward pass on the example record
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
-import torch
 from torch import nn
 
 from torchshrink.lowrank.svd import ConvMode
+from torchshrink.nn.shapes import Shapes, record_shapes
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
-__all__ = ["LAYER_TYPES", "Shapes", "count_params", "dense_macs", "layer_macs", "macs_per_rank", "record_shapes"]
+__all__ = ["LAYER_TYPES", "count_params", "dense_macs", "layer_macs", "macs_per_rank"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -27,32 +26,6 @@ def count_params(model: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
-
-
-@dataclasses.dataclass
-class Shapes:
-    inp: tuple[int, ...]
-    out: tuple[int, ...]
-
-
-def record_shapes(model: nn.Module, example: Any, names: set[str] | None = None) -> dict[str, Shapes]:
-    shapes: dict[str, Shapes] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, LAYER_TYPES) and (names is None or name in names):
-            def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name) -> None:
-                shapes[name] = Shapes(tuple(args[0].shape), tuple(out.shape))
-            hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*example) if isinstance(example, tuple) else model(example)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return shapes
 
 
 def dense_macs(m: nn.Module, sh: Shapes) -> int:
@@ -68,7 +41,7 @@ def dense_macs(m: nn.Module, sh: Shapes) -> int:
 def layer_macs(model: nn.Module, example: Any) -> dict[str, int]:
     """Per-sample multiply-adds of every Linear and Conv2d in `model` (factor pairs count as
     their two children), measured with forward hooks on `example`."""
-    shapes = record_shapes(model, example)
+    shapes = record_shapes(model, example, LAYER_TYPES)
     mods = dict(model.named_modules())
     return {n: dense_macs(mods[n], sh) for n, sh in shapes.items()}
 

@@ -25,7 +25,6 @@ from torchshrink.lowrank.costs import (
     dense_macs,
     layer_macs,
     macs_per_rank,
-    record_shapes,
 )
 from torchshrink.lowrank.latency import measure_tables, model_time_ratio
 from torchshrink.lowrank.rank import (
@@ -55,6 +54,7 @@ from torchshrink.nn import (
     select_layers,
     set_module,
 )
+from torchshrink.nn.shapes import record_shapes
 from torchshrink.progress import progress_bar
 from torchshrink.registry import Context, register
 
@@ -277,7 +277,7 @@ def _linear_costs(model: nn.Module, kind: str, spectra: list[LayerSpectrum], exa
     if kind == "params":
         return (float(count_params(model)), {sp.name: float(dense_params(sp.module)) for sp in spectra},
                 {sp.name: float(factor_params_per_rank(sp.module, sp.mode)) for sp in spectra})
-    shapes = record_shapes(model, example)
+    shapes = record_shapes(model, example, LAYER_TYPES)
     all_mods = dict(model.named_modules())
     total = float(sum(dense_macs(all_mods[n], sh) for n, sh in shapes.items()))
     return (total, {sp.name: float(dense_macs(sp.module, shapes[sp.name])) for sp in spectra},

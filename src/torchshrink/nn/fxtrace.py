@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from torchshrink.errors import UnsupportedModelError
 from torchshrink.nn.select import matches
 
-__all__ = ["is_attention_like", "trace"]
+__all__ = ["consumer_pairs", "is_attention_like", "trace"]
 
 
 def is_attention_like(m: nn.Module) -> bool:
@@ -81,3 +83,30 @@ def trace(model: nn.Module, ignore: Sequence[str] = ()) -> fx.GraphModule:
             f"The dependency graph needs a traced graph; {hint}"
         ) from e
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def consumer_pairs(model: nn.Module, kinds: Sequence[tuple[type[nn.Module], type[nn.Module]]], *,
+                   purpose: str) -> list[tuple[str, str]]:
+    """(producer, consumer) module names where the consumer (e.g. a BatchNorm) is the only user
+    of the producer's output (e.g. a Conv), for each (producer type, consumer type) in `kinds`,
+    found on the fx graph, never by name guessing. A model fx cannot trace gives [] and a
+    warning naming `purpose` and the trace error."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many types for code it cannot trace
+        warnings.warn(f"{purpose} skipped: torch.fx cannot trace {type(model).__name__} "
+                      f"({type(e).__name__}: {str(e)[:200]}); the layers stay separate",
+                      UserWarning, stacklevel=4)
+        return []
+    mods = dict(model.named_modules())
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(str(node.target)), tuple(c for _, c in kinds)):
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        layer, bn = mods.get(str(src.target)), mods[str(node.target)]
+        if any(isinstance(layer, a) and isinstance(bn, b) for a, b in kinds):
+            out.append((str(src.target), str(node.target)))
+    return out

@@ -8,38 +8,15 @@ warning says why.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
 from torchshrink.nn import params, set_module
+from torchshrink.nn.fxtrace import consumer_pairs
 
 __all__ = ["fold_batchnorm"]
 
 _PAIRS = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d))
-
-
-def _pairs(model: nn.Module) -> list[tuple[str, str]]:
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - fx raises many types for code it cannot trace
-        warnings.warn(f"BatchNorm folding skipped: torch.fx cannot trace {type(model).__name__} "
-                      f"({type(e).__name__}: {str(e)[:200]}); BatchNorm layers stay separate, so the "
-                      "quantizer sees unfolded weights", UserWarning, stacklevel=3)
-        return []
-    mods = dict(model.named_modules())
-    out = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(str(node.target)), (nn.BatchNorm1d, nn.BatchNorm2d)):
-            continue
-        src = node.args[0] if node.args else None
-        if not isinstance(src, torch.fx.Node) or src.op != "call_module" or len(src.users) != 1:
-            continue
-        layer, bn = mods.get(str(src.target)), mods[str(node.target)]
-        if any(isinstance(layer, a) and isinstance(bn, b) for a, b in _PAIRS):
-            out.append((str(src.target), str(node.target)))
-    return out
 
 
 @torch.no_grad()
@@ -50,7 +27,7 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     their shared values or grids); a pruning mask commutes with the per-row rescale.
     """
     folded = []
-    for layer_name, bn_name in _pairs(model):
+    for layer_name, bn_name in consumer_pairs(model, _PAIRS, purpose="BatchNorm folding"):
         layer = model.get_submodule(layer_name)
         bn = model.get_submodule(bn_name)
         assert isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d))  # _pairs only yields these
