@@ -103,6 +103,11 @@ from torchshrink.plan import PlanResult, default_candidates, plan  # noqa: E402
 
 __all__ += ["PlanResult", "default_candidates", "plan"]
 
+# --- coverage: what each apply changed and skipped, per layer ---
+from torchshrink.nn.coverage import Coverage, coverage  # noqa: E402
+
+__all__ += ["Coverage", "coverage"]
+
 # --- the verbs win over same-named subpackages ---
 # Importing torchshrink.prune / .cluster / .export binds those names on this package to the
 # subpackages; the public names are the functions, so bind them last. The subpackages stay

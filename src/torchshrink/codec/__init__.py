@@ -8,6 +8,7 @@ from torchshrink.codec.container import (
     read_info,
     save,
 )
+from torchshrink.codec import kind_specs  # noqa: F401  (registers converted kinds)
 from torchshrink.codec.encodings import Encoding, TensorHint, get_encoding, register_encoding
 
 __all__ = [
