@@ -82,6 +82,12 @@ class WeightOnlyLayer(nn.Module):
         self.register_buffer("col_scale", torch.ones(n // self.shape[0]) if col_scale else None)
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, for code that reads a layer's `.weight` (its dtype or device,
+        as Hugging Face's ViT does); the layer stores only the codes."""
+        return self.dequantized_weight()
+
+    @property
     def execution(self) -> str:
         if self.cpu_kernel and int4_kernel_ok(self):
             return "bit-packed int4, PyTorch's int4 CPU matmul kernel (bf16 activations) in eval mode"
