@@ -197,3 +197,21 @@ def test_channel_pruning_on_a_transformer_encoder_is_not_silent() -> None:
     m = _Encoder().eval()
     with pytest.warns(UserWarning, match=r"ChannelPruning\(ratio\) changes nothing: it found no channel group"):
         ts.prune(m, ts.ChannelPruning(ratio=0.5), example=torch.randn(2, 10, 8))
+
+
+def test_recipes_select_layers_by_type_position_and_role() -> None:
+    from torchshrink.nn import select_layers
+
+    m = zoo.ZOO["transformer_encoder"].model()
+    ts.nn.kinds.normalize(m)
+    names = [n for n, _ in select_layers(m, targets=["Linear"], ignore=["last"])]
+    assert names[0] == "encoder.layers.0.self_attn.q_proj" and "head" not in names and len(names) == 12
+    assert [n for n, _ in select_layers(m, targets=["role:mlp"])] == [
+        "encoder.layers.0.linear1", "encoder.layers.0.linear2", "encoder.layers.1.linear1", "encoder.layers.1.linear2"]
+    q = ts.prune(m, ts.MagnitudePruning(sparsity=0.5, per_layer={"first": 0.0}, ignore=("last",)))
+    assert float((q.encoder.layers[0].self_attn.q_proj.weight == 0).float().mean()) == 0.0
+    assert float((q.encoder.layers[0].linear1.weight == 0).float().mean()) == 0.5
+    assert ts.coverage(q)[-1].skipped["head"] == "excluded by targets/ignore"
+    with pytest.raises(ts.ConfigError, match=r"targets pattern 'Conv2d' matches no Linear/Conv1d/Conv2d layer in "
+                                             r"EncoderClassifier\. Layers: encoder\.layers\.0\.self_attn\.q_proj"):
+        select_layers(m, targets=["Conv2d"])

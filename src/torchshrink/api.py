@@ -10,7 +10,8 @@ from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError
-from torchshrink.nn import coverage, kinds, matches
+from torchshrink.nn import coverage, kinds
+from torchshrink.nn.select import expand
 from torchshrink.registry import Context, Family, get_method
 
 __all__ = ["apply", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
@@ -74,12 +75,10 @@ def _excluded(model: nn.Module, config: Config, sizes: dict[str, tuple[str, int]
     """Layers the user's targets/ignore patterns leave out (skipped on request, not warned about)."""
     targets = getattr(config, "targets", None)
     ignore = tuple(getattr(config, "ignore", ()) or ())
-    out = set()
-    for name in sizes:
-        outside = targets is not None and not any(matches(name, p) for p in targets)
-        if outside or any(matches(name, p) for p in ignore):
-            out.add(name)
-    return out
+    layers = [(n, model.get_submodule(n)) for n in sizes]
+    inside = set(sizes) if targets is None else {n for p in targets for n in expand(p, layers)}
+    ignored = {n for p in ignore for n in expand(p, layers)}
+    return (set(sizes) - inside) | ignored
 
 
 _VERB: dict[str, str] = {"prune": "prune", "quant": "quantize", "lowrank": "factorize", "cluster": "cluster"}

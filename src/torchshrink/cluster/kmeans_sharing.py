@@ -108,7 +108,7 @@ def apply_kmeans_sharing(model: nn.Module, config: KMeansSharing, ctx: Context) 
     for name, module in layers:
         if name in skip:
             continue
-        bits = resolve_per_layer(name, config.per_layer, config.bits)
+        bits = resolve_per_layer(name, config.per_layer, config.bits, layers)
         before = {id(p) for p in params.chain(module)}
         share_weights(module, bits=bits, init=config.init, algorithm=config.algorithm,
                       max_iter=config.max_iter, seed=config.seed, name=name)
