@@ -105,6 +105,11 @@ from torchshrink.plan import PlanResult, default_candidates  # noqa: E402
 
 __all__ += ["PlanResult", "default_candidates", "plan"]
 
+# --- coverage: what each apply changed and skipped, per layer ---
+from torchshrink.nn.coverage import Coverage, coverage  # noqa: E402
+
+__all__ += ["Coverage", "coverage"]
+
 
 # --- inference form: the compressed model as this machine runs it fastest / smallest ---
 from torchshrink.infer import for_inference  # noqa: E402

@@ -10,7 +10,9 @@ from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError
+from torchshrink.nn import coverage, kinds
 from torchshrink.nn.history import HISTORY_ATTR
+from torchshrink.nn.select import expand
 from torchshrink.registry import Context, Family, get_method
 
 __all__ = ["apply", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
@@ -47,11 +49,34 @@ def apply(
         )
     ctx = Context(example=example, calibration=calibration, train=train, val=val, evaluate=evaluate,
                   progress=progress, extras=dict(extras))
+    converted: list[tuple[str, str]] = []
+    if method.family in _LAYER_FAMILIES and getattr(type(config), "convert_kinds", True):
+        converted = kinds.normalize(model)
+    sizes = kinds.weight_matrices(model)
+    before = coverage.snapshot(model)
+    excluded = _excluded(model, config, sizes)
     out = method.handler(model, config, ctx)
+    if method.family in _LAYER_FAMILIES:
+        coverage.record(model, out, before, sizes, method=type(config).__name__, excluded=excluded,
+                        converted=converted)
     history = list(getattr(model, HISTORY_ATTR, []))
     history.append(config.to_dict())
     object.__setattr__(out, HISTORY_ATTR, history)  # plain attribute, not a submodule/buffer
     return out
+
+
+# Families whose methods edit layers: foreign kinds are converted first, and coverage recorded.
+_LAYER_FAMILIES = frozenset({"prune", "quant", "lowrank", "cluster"})
+
+
+def _excluded(model: nn.Module, config: Config, sizes: dict[str, tuple[str, int]]) -> set[str]:
+    """Layers the user's targets/ignore patterns leave out (skipped on request, not warned about)."""
+    targets = getattr(config, "targets", None)
+    ignore = tuple(getattr(config, "ignore", ()) or ())
+    layers = [(n, model.get_submodule(n)) for n in sizes]
+    inside = set(sizes) if targets is None else {n for p in targets for n in expand(p, layers)}
+    ignored = {n for p in ignore for n in expand(p, layers)}
+    return (set(sizes) - inside) | ignored
 
 
 _VERB: dict[str, str] = {"prune": "prune", "quant": "quantize", "lowrank": "factorize", "cluster": "cluster"}

@@ -107,9 +107,13 @@ def test_weight_only_int4_groupwise_sqnr() -> None:
     assert q[0].packed.numel() == 512 * 256 // 2
 
 
-def test_group_size_must_divide_layer_width(trained: nn.Module) -> None:
+def test_group_size_falls_back_per_layer_or_raises_when_strict(trained: nn.Module) -> None:
     with pytest.raises(ts.ConfigError, match=r"group_size=128 does not divide the input width 1568 of layer 'fc1'"):
-        ts.quantize(trained, ts.WeightOnly(bits=4, group_size=128, targets=("fc*",)))
+        ts.quantize(copy.deepcopy(trained), ts.WeightOnly(bits=4, group_size=128, targets=("fc*",), strict=True))
+    q = ts.quantize(trained, ts.WeightOnly(bits=4, group_size=128, targets=("fc*",)))
+    assert q.fc1.group_size == 112  # the largest divisor of 1568 up to 128
+    assert ts.coverage(q)[-1].notes["fc1"] == ("group_size=128 does not divide the input width 1568; "
+                                               "used group_size=112")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -21,6 +21,7 @@ from torchshrink.cluster.kmeans import kmeans_1d
 from torchshrink.config import Config, check, check_range
 from torchshrink.errors import UnsupportedModelError
 from torchshrink.nn import check_per_layer_patterns, params, resolve_per_layer, select_layers
+from torchshrink.nn.kinds import tied_groups
 from torchshrink.registry import Context, register
 
 __all__ = ["KMeansSharing", "apply_kmeans_sharing", "share_weights"]
@@ -98,12 +99,27 @@ class KMeansSharing(Config):
 
 
 def apply_kmeans_sharing(model: nn.Module, config: KMeansSharing, ctx: Context) -> nn.Module:
-    check_per_layer_patterns(model, config.per_layer)
-    for name, module in select_layers(model, targets=config.targets, ignore=config.ignore):
-        bits = resolve_per_layer(name, config.per_layer, config.bits)
+    check_per_layer_patterns(model, config.per_layer, CLUSTER_TYPES)
+    layers = select_layers(model, types=CLUSTER_TYPES, targets=config.targets, ignore=config.ignore)
+    # A tied weight (LM head and token embedding) gets one codebook, shared by its layers.
+    followers = {g[0]: g[1:] for g in tied_groups(layers)}
+    skip = {n for g in followers.values() for n in g}
+    by_name = dict(layers)
+    for name, module in layers:
+        if name in skip:
+            continue
+        bits = resolve_per_layer(name, config.per_layer, config.bits, layers)
+        before = {id(p) for p in params.chain(module)}
         share_weights(module, bits=bits, init=config.init, algorithm=config.algorithm,
                       max_iter=config.max_iter, seed=config.seed, name=name)
+        added = [p for p in params.chain(module) if id(p) not in before]
+        for other in followers.get(name, []):
+            for p in added:
+                params.add(by_name[other], p)
     return model
+
+
+CLUSTER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
 
 register(family="cluster", handler=apply_kmeans_sharing)(KMeansSharing)

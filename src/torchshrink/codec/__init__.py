@@ -1,5 +1,6 @@
 """Coding: structure specs, tensor encodings (dense now; sparse, Huffman, ANS) and the artifact."""
 
+from torchshrink.codec import kind_specs  # noqa: F401  (registers converted kinds)
 from torchshrink.codec.container import (
     FORMAT_VERSION,
     ArtifactInfo,

@@ -15,6 +15,7 @@ from torchshrink.measure.macs import count_macs, slice_batch
 from torchshrink.measure.report import Report
 from torchshrink.measure.resident import resident_bytes
 from torchshrink.measure.weights import LayerRow, layer_rows
+from torchshrink.nn.coverage import coverage
 
 __all__ = ["measure"]
 
@@ -130,5 +131,6 @@ def measure(
         metric=metric,
         metric_name=name,
         layers=rows,
+        coverage=[c.to_dict() for c in coverage(model)],
         resident_bytes=resident_bytes(model),
     )

@@ -26,6 +26,8 @@ class Report:
         every (batch, threads) combination.
     metric: the task metric `evaluate(model)` returned (accuracy in percent for classifiers).
     layers: one row per module that holds weights.
+    coverage: per applied method, which layers it changed and which it skipped, with the
+        reason (`ts.coverage(model)` as plain data).
     resident_bytes: bytes of every tensor the model holds in memory (parameters and buffers,
         shared storage counted once): what it costs to keep loaded, beside `dense_bytes`.
     """
@@ -44,6 +46,7 @@ class Report:
     metric: float | None = None
     metric_name: str = "metric"
     layers: list[LayerRow] = dataclasses.field(default_factory=list)
+    coverage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     resident_bytes: int | None = None
 
     @property
@@ -77,6 +80,7 @@ class Report:
             "metric": self.metric,
             "metric_name": self.metric_name,
             "layers": [row.to_dict() for row in self.layers],
+            "coverage": self.coverage,
         }
         if self.metric is not None and self.metric_name not in d:
             d[self.metric_name] = self.metric
@@ -118,6 +122,10 @@ class Report:
                      _int(r.macs), r.execution) for r in self.layers]
             out.append("")
             out.append(format_table(header, body, right=(2, 3, 4, 5)))
+        for c in self.coverage if layers else []:
+            out.append(f"\n{c['method']}: changed {len(c['changed'])} layers ({100 * c['share']:.1f}% of weights)")
+            out += [f"  skipped {n}: {why}" for n, why in c["skipped"].items()]
+            out += [f"  {n}: {text}" for n, text in c["notes"].items()]
         return "\n".join(out)
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 """The only code that walks or edits a model: layer selection, module swaps, parametrizations."""
 
-from torchshrink.nn import params
+from torchshrink.nn import coverage, kinds, params
 from torchshrink.nn.batchnorm import recalibrate_batchnorm
 from torchshrink.nn.select import (
     DEFAULT_TYPES,
@@ -14,6 +14,8 @@ from torchshrink.nn.surgery import get_module, parent_of, set_module
 __all__ = [
     "DEFAULT_TYPES",
     "check_per_layer_patterns",
+    "coverage",
+    "kinds",
     "get_module",
     "matches",
     "params",

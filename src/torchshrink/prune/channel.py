@@ -11,8 +11,9 @@ channel (summed over every tensor slice of the group, each normalized by its mea
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import fx, nn
@@ -328,6 +329,8 @@ def prune_channels(model: nn.Module, *, ratio: float, example: Any, criterion: s
         select_layers(model, types=(nn.Module,), ignore=ignore, what="ignore")  # validates the patterns
     require_data(criterion, calibration, method="ts.prune")
     g, gm = trace_dependencies(model, example, ignore=ignore)
+    if ratio > 0 and not g.prunable():
+        warnings.warn(_nothing_prunable(model, g), UserWarning, stacklevel=4)
     sc = _Scorer(g, model)
     if not prune_heads:
         for r in [r for r in sc.scores if g.groups[r].kind == "heads"]:
@@ -405,6 +408,18 @@ def _by_structure(model: nn.Module) -> bool:
     return (hf or encoder) and has_transformer_blocks(model)
 
 
+def _nothing_prunable(model: nn.Module, g: DependencyGraph) -> str:
+    reasons: dict[str, int] = {}
+    for r in sorted({g.find(i) for i in range(len(g.groups))}):
+        grp = g.groups[r]
+        if grp.size > 1:
+            reasons[grp.why or "fixed width"] = reasons.get(grp.why or "fixed width", 0) + grp.size
+    shown = "; ".join(f"{why} ({n} channels)" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:6])
+    return (f"ChannelPruning(ratio) changes nothing: it found no channel group it can remove in {type(model).__name__}: every group is "
+            f"fixed by {shown or 'nothing traced'}. Transformer blocks need head/MLP pruning (their residual "
+            "stream fixes the width), or pass ignore=[...] for the modules that fix the groups")
+
+
 def _apply(model: nn.Module, config: ChannelPruning, ctx: Context) -> nn.Module:
     if _by_structure(model):
         from torchshrink.prune.heads import prune_heads_and_mlp
@@ -432,6 +447,10 @@ class ChannelPruning(Config):
     round_to: kept channel counts are rounded up to a multiple of this (e.g. 8 for SIMD).
     prune_heads: also remove whole attention heads (their own groups, same ratio).
     """
+
+    # Prunes nn.MultiheadAttention heads natively and needs an fx-traceable model, so layers
+    # are not converted to the native kinds of nn.kinds first.
+    convert_kinds: ClassVar[bool] = False
 
     ratio: float = 0.5
     criterion: StructuredCriterion = "l1"

@@ -18,6 +18,7 @@ from torch import nn
 from torchshrink.config import Config, check, check_choice, check_range
 from torchshrink.errors import ConfigError
 from torchshrink.nn import check_per_layer_patterns, resolve_per_layer, select_layers
+from torchshrink.nn.select import expand
 from torchshrink.prune.criteria import (
     CRITERIA,
     Criterion,
@@ -66,14 +67,14 @@ def prune_unstructured(
     `sparsity` (counted over their weights); per_layer entries are always per layer.
     """
     require_data(criterion, calibration)
-    targets = {n: float(resolve_per_layer(n, per_layer, sparsity)) for n, _ in layers}
+    targets = {n: float(resolve_per_layer(n, per_layer, sparsity, layers)) for n, _ in layers}
     if criterion == "obs":
         if scope == "global":
             raise ConfigError("criterion 'obs' updates weights layer by layer; use scope='layer' with it")
         _prune_obs(model, layers, targets, calibration, calibration_batches)
     else:
         scores = weight_scores(model, layers, criterion, calibration, limit=calibration_batches)
-        fixed = {n for n, _ in layers if per_layer and any(_match(n, p) for p in per_layer)}
+        fixed = {n for p in (per_layer or {}) for n in expand(p, layers)}
         pooled = [(n, m) for n, m in layers if scope == "global" and n not in fixed]
         for n, m in layers:
             if n in {p for p, _ in pooled}:
@@ -91,12 +92,6 @@ def prune_unstructured(
                 start += size
     with torch.no_grad():
         return {n: float((weight_of(m) == 0).float().mean()) for n, m in layers}
-
-
-def _match(name: str, pattern: str) -> bool:
-    from torchshrink.nn import matches
-
-    return matches(name, pattern)
 
 
 def _with_old(score: torch.Tensor, module: nn.Module) -> torch.Tensor:

@@ -18,6 +18,7 @@ from torch import nn
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config
 from torchshrink.nn import params, select_layers, set_module
+from torchshrink.quant.cpu import has_vnni
 from torchshrink.quant.fake import shares_values
 from torchshrink.quant.layers import load_int8_weights, quantize_int8_weight
 from torchshrink.registry import Context, register
@@ -111,12 +112,13 @@ register_module(
 
 
 def apply_dynamic_int8(model: nn.Module, config: DynamicInt8, ctx: Context) -> nn.Module:
+    reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
     for name, m in select_layers(model, types=(nn.Linear,), targets=config.targets, ignore=config.ignore):
         assert isinstance(m, nn.Linear)
         # A codebook earlier in the chain: one scale per tensor keeps the shared values shared.
         per_channel = config.per_channel and not shares_values(params.chain(m))
         set_module(model, name, DynamicInt8Linear.from_float(m, per_channel=per_channel,
-                                                             reduce_range=config.reduce_range))
+                                                             reduce_range=reduce_range))
     return model
 
 
@@ -126,14 +128,15 @@ class DynamicInt8(Config):
     """Int8 weights (symmetric, per output channel by default) and per-batch int8 activations,
     on PyTorch's int8 CPU kernel. Applies to Linear layers; no calibration data needed.
 
-    reduce_range: quantize activations to 7 bits, as PyTorch does, so fbgemm's 16-bit
-        accumulation cannot saturate on CPUs without VNNI.
+    reduce_range: quantize activations to 7 bits so fbgemm's 16-bit accumulation cannot
+        saturate; None (the default) does so only on CPUs without VNNI, where it is needed
+        (8-bit activations are markedly more accurate on transformers).
     """
 
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     per_channel: bool = True
-    reduce_range: bool = True
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,7 +14,7 @@ from torchshrink.errors import UnsupportedModelError
 from torchshrink.quant.fake import grid_params, group_rows, quantize_codes
 
 __all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "weight_tensor", "bias_of", "in_width",
-           "quantize_int8_weight", "load_int8_weights"]
+           "quantize_int8_weight", "load_int8_weights", "compute_dtype"]
 
 LayerOp = dict[str, Any]
 
@@ -35,12 +35,17 @@ def layer_op(name: str, m: nn.Module) -> LayerOp:
         return {"kind": "conv1d" if isinstance(m, nn.Conv1d) else "conv2d", "in": m.in_channels,
                 "out": m.out_channels, "kernel": list(m.kernel_size), "stride": list(m.stride),
                 "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups}
-    raise UnsupportedModelError(f"layer {name!r} is a {type(m).__name__}; only Linear, Conv1d and Conv2d "
+    if isinstance(m, nn.Embedding):
+        if m.max_norm is not None:
+            raise UnsupportedModelError(f"layer {name!r} is an Embedding with max_norm (it renormalizes its weight "
+                                        "in place); exclude it with ignore=[...]")
+        return {"kind": "embedding", "in": m.embedding_dim, "out": m.num_embeddings, "padding_idx": m.padding_idx}
+    raise UnsupportedModelError(f"layer {name!r} is a {type(m).__name__}; only Linear, Conv1d, Conv2d and Embedding "
                                 "can be quantized here; exclude it with ignore=[...]")
 
 
 def weight_shape(op: LayerOp) -> tuple[int, ...]:
-    if op["kind"] == "linear":
+    if op["kind"] in ("linear", "embedding"):
         return (op["out"], op["in"])
     return (op["out"], op["in"] // op["groups"], *op["kernel"])
 
@@ -57,8 +62,16 @@ def in_width(op: LayerOp) -> int:
 def run_op(op: LayerOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     if op["kind"] == "linear":
         return F.linear(x, w, b)
+    if op["kind"] == "embedding":
+        return F.embedding(x, w, op.get("padding_idx"))
     fn = F.conv1d if op["kind"] == "conv1d" else F.conv2d
     return fn(x, w, b, tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"])
+
+
+def compute_dtype(x: torch.Tensor, fallback: torch.Tensor) -> torch.dtype:
+    """The dtype a replacement computes in: its input's, or (for an embedding's integer indices)
+    that of its own float tensors."""
+    return x.dtype if x.is_floating_point() else fallback.dtype
 
 
 def weight_tensor(m: nn.Module) -> torch.Tensor:

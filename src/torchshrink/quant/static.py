@@ -12,7 +12,6 @@ preceding convolution first.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
+from torchshrink.quant.cpu import has_vnni
 from torchshrink.quant.dynamic import PackedCache, qweight
 from torchshrink.quant.fake import fake_quantize, shares_values
 from torchshrink.quant.fold import fold_batchnorm
@@ -35,15 +35,6 @@ __all__ = ["StaticInt8", "StaticInt8Layer", "has_vnni"]
 _REAL_KINDS = ("linear", "conv2d")
 
 
-@functools.cache
-def has_vnni() -> bool:
-    """Whether this CPU has 8-bit dot-product instructions (no 16-bit saturation in fbgemm)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 class StaticInt8Layer(PackedCache):

@@ -17,8 +17,9 @@ from torch import nn
 
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_choice
-from torchshrink.errors import ConfigError
-from torchshrink.nn import params, select_layers, set_module
+from torchshrink.errors import ConfigError, UnsupportedModelError
+from torchshrink.nn import coverage, get_module, params, select_layers, set_module
+from torchshrink.nn.kinds import tied_groups
 from torchshrink.progress import progress_bar
 from torchshrink.quant.awq import awq_column_scale
 from torchshrink.quant.fake import (
@@ -39,6 +40,7 @@ from torchshrink.quant.gptq import gptq_codes, next_hessians
 from torchshrink.quant.layers import (
     LayerOp,
     bias_of,
+    compute_dtype,
     in_width,
     layer_op,
     run_op,
@@ -79,6 +81,12 @@ class WeightOnlyLayer(nn.Module):
         self.register_buffer("bias", torch.zeros(op["out"]) if bias else None)
         # AWQ: the codes encode W diag(s); the layer divides s back out of the weight's columns.
         self.register_buffer("col_scale", torch.ones(n // self.shape[0]) if col_scale else None)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, for code that reads a layer's `.weight` (its dtype or device,
+        as Hugging Face's ViT does); the layer stores only the codes."""
+        return self.dequantized_weight()
 
     @property
     def execution(self) -> str:
@@ -132,8 +140,9 @@ class WeightOnlyLayer(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.to(x.dtype)
             return y.reshape(*x.shape[:-1], n)
-        w = self.dequantized_weight().to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
+        dt = compute_dtype(x, self.scale)
+        w = self.dequantized_weight().to(dt)
+        b = None if self.bias is None else self.bias.to(dt)
         return run_op(self.op, x, w, b)
 
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:
@@ -195,7 +204,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
         before = params.value_before(m, fq).detach().float()
         codes, scale, zero = fq.codes(before)
         q = WeightOnlyLayer(op, bits=fq.bits, symmetric=fq.symmetric, granularity=fq.granularity,
-                            group_size=fq.group_size, bias=m.bias is not None)
+                            group_size=fq.group_size, bias=getattr(m, "bias", None) is not None)
     else:
         granularity: Granularity = "group" if group_size is not None else "channel"
         if shares_values(chain):
@@ -227,7 +236,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
             scale, zero = grid_params(rows, bits, symmetric, method, h_blocks=hb)
             codes = quantize_codes(rows, scale, zero, bits, symmetric)
         q = WeightOnlyLayer(op, bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
-                            bias=m.bias is not None, col_scale=col_scale is not None)
+                            bias=getattr(m, "bias", None) is not None, col_scale=col_scale is not None)
         if col_scale is not None:
             assert q.col_scale is not None
             q.col_scale.copy_(col_scale)
@@ -238,12 +247,40 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
     return q
 
 
+def layer_group(name: str, width: int, group_size: int | None, *, strict: bool) -> int | None:
+    """The group this layer gets: `group_size` when it divides the width, else the largest
+    divisor of the width below it (per channel when that is under 8 values), or ConfigError
+    with `strict`."""
+    if group_size is None or width % group_size == 0:
+        return group_size
+    if strict:
+        check_group(name, width, group_size)
+    best = max(d for d in range(1, min(group_size, width) + 1) if width % d == 0)
+    return best if best >= 8 and best < width else None
+
+
+WEIGHT_ONLY_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
 def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.Module:
-    layers = select_layers(model, targets=config.targets, ignore=config.ignore)
-    if config.group_size is not None:  # check every layer before changing any
-        for name, m in layers:
-            if not shares_values(params.chain(m)):
-                check_group(name, in_width(layer_op(name, m)), config.group_size)
+    selected = select_layers(model, types=WEIGHT_ONLY_TYPES, targets=config.targets, ignore=config.ignore)
+    # A weight tied between layers (an LM head and its token embedding) is quantized once, on
+    # the first of its layers that is a Linear (GPTQ/AWQ can see its inputs), and the others
+    # share that layer's codes and scales.
+    ties = {g[0]: g for g in _primary_first(tied_groups(selected), selected)}
+    followers = {n for g in ties.values() for n in g[1:]}
+    layers = [(n, m) for n, m in selected if n not in followers]
+    groups: dict[str, int | None] = {}
+    for name, m in layers:  # every layer checked before any changes
+        if shares_values(params.chain(m)):
+            groups[name] = config.group_size
+            continue
+        g = layer_group(name, in_width(layer_op(name, m)), config.group_size, strict=config.strict)
+        groups[name] = g
+        if g != config.group_size:
+            coverage.note(model, name, f"group_size={config.group_size} does not divide the input width "
+                                       f"{in_width(layer_op(name, m))}; used "
+                                       + (f"group_size={g}" if g else "one scale per output channel"))
     data_aware = config.algorithm != "rtn" or config.clip == "output"
     if data_aware and ctx.calibration is None:
         what = f"algorithm={config.algorithm!r}" if config.algorithm != "rtn" else "clip='output'"
@@ -255,7 +292,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
 
     def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
         q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
-                                       group_size=config.group_size, method=config.clip, hessian=hessian,
+                                       group_size=groups[name], method=config.clip, hessian=hessian,
                                        damping=config.damping,
                                        algorithm=config.algorithm)
         done[name] = q
@@ -286,7 +323,32 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     for name, q in done.items():
         q.cpu_kernel = config.cpu_kernel
         set_module(model, name, q)
+    for lead, group in ties.items():
+        for name in group[1:]:
+            set_module(model, name, _sharing(done[lead], layer_op(name, get_module(model, name)),
+                                             dict(selected)[name]))
     return model
+
+
+def _primary_first(groups: list[list[str]], layers: list[tuple[str, nn.Module]]) -> list[list[str]]:
+    kind = dict(layers)
+    return [sorted(g, key=lambda n: not isinstance(kind[n], nn.Linear)) for g in groups]
+
+
+def _sharing(lead: WeightOnlyLayer, op: LayerOp, m: nn.Module) -> WeightOnlyLayer:
+    """A WeightOnlyLayer computing `op` with `lead`'s codes and scales (the same tensors)."""
+    if weight_shape(op) != lead.shape:
+        raise UnsupportedModelError(f"tied weight used with shapes {weight_shape(op)} and {lead.shape}")
+    q = WeightOnlyLayer(op, bits=lead.bits, symmetric=lead.symmetric, granularity=lead.granularity,
+                        group_size=lead.group_size, bias=getattr(m, "bias", None) is not None,
+                        col_scale=lead.col_scale is not None)
+    for buf in ("packed", "scale", "zero_point", "col_scale"):
+        if getattr(lead, buf) is not None:
+            setattr(q, buf, getattr(lead, buf))
+    b = bias_of(m)
+    if b is not None and q.bias is not None:
+        q.bias.copy_(b)
+    return q
 
 
 class _Decoded(nn.Module):
@@ -299,7 +361,8 @@ class _Decoded(nn.Module):
         self.bias = q.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_op(self.op, x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        dt = compute_dtype(x, self.weight)
+        return run_op(self.op, x, self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
 
 
 @register(family="quant", handler=apply_weight_only)
@@ -308,8 +371,10 @@ class WeightOnly(Config):
     """Weight-only quantization with bit-packed storage.
 
     bits: 2..8 (int2, int3, int4 are the usual choices).
-    group_size: values per scale along the input width (must divide every selected layer's
-        input width, in * kh * kw for convolutions); None = one scale per output channel.
+    group_size: values per scale along the input width (in * kh * kw for convolutions, the
+        embedding width for an Embedding); None = one scale per output channel. A layer whose
+        width it does not divide gets the largest group below it that does (recorded in
+        ts.coverage); `strict=True` makes that an error instead.
     clip: `mse` searches a clipping range per group (better at 2..4 bits), `minmax` uses the
         full range, `output` searches the range that changes the layer's output on
         `calibration=` data least (activation-aware; needs calibration).
@@ -339,6 +404,7 @@ class WeightOnly(Config):
     damping: float = 0.01
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
+    strict: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
