@@ -150,7 +150,8 @@ def test_gpt2_fused_qkv_attributes() -> None:
     pruned = ts.prune(model, ts.HeadPruning(heads=0.75, mlp=0.5))
     attn = pruned.transformer.h[1].attn
     assert (attn.num_heads, attn.split_size, attn.embed_dim) == (1, 16, 16)
-    assert tuple(attn.c_attn.weight.shape) == (64, 48) and tuple(attn.c_proj.weight.shape) == (16, 64)
+    # Methods see transformers' Conv1D as the equivalent nn.Linear (weight stored (out, in)).
+    assert tuple(attn.c_attn.weight.shape) == (48, 64) and tuple(attn.c_proj.weight.shape) == (64, 16)
     assert pruned.config.n_inner == 128
     assert pruned(x).logits.shape == (2, 12, V)
 

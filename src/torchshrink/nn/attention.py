@@ -75,7 +75,7 @@ class SplitAttention(nn.Module):
             scores = scores + _additive(key_padding_mask, scores.dtype).view(b, 1, 1, ts)
         weights = torch.softmax(scores, dim=-1)
         attn = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
-        out = self.out_proj((attn @ v).transpose(1, 2).reshape(b, tq, self.embed_dim))
+        out = self.out_proj((attn @ v).transpose(1, 2).reshape(b, tq, h * d))
         if unbatched:
             out = out.squeeze(0)
         elif not self.batch_first:

@@ -176,7 +176,7 @@ def _attention(name: str, m: nn.Module, parent: nn.Module | None, pname: str) ->
             return None
         return AttentionBlock(name, "mha", o=_join(name, "out_proj"), num_heads=m.num_heads,
                               num_kv_heads=m.num_heads, head_dim=m.head_dim)
-    if is_conv1d(getattr(m, "c_attn", None)) and is_conv1d(getattr(m, "c_proj", None)):
+    if _is_proj(getattr(m, "c_attn", None)) and _is_proj(getattr(m, "c_proj", None)) and hasattr(m, "split_size"):
         if getattr(m, "is_cross_attention", False) or hasattr(m, "q_attn"):
             return None
         h = _heads_of(m)
@@ -215,7 +215,7 @@ _MLP_PAIRS = ((("gate_proj", "up_proj"), "down_proj"), (("w1", "w3"), "w2"), (("
 
 
 def _mlp(name: str, m: nn.Module) -> MlpBlock | None:
-    if isinstance(m, nn.MultiheadAttention) or is_conv1d(getattr(m, "c_attn", None)):
+    if isinstance(m, nn.MultiheadAttention) or _is_proj(getattr(m, "c_attn", None)):
         return None
     for ups, down in _MLP_PAIRS:
         if all(_is_proj(getattr(m, u, None)) for u in ups) and _is_proj(getattr(m, down, None)):
