@@ -155,3 +155,16 @@ def test_prune_after_factorize_if_available() -> None:
     assert pruned(x).shape == (4, 10)
     w = pruned.fc1.first.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("mode", ["channel", "spatial"])
+def test_factor_pair_weight_is_the_kernel_it_computes(mode: str) -> None:
+    from torch.nn import functional as F
+
+    from torchshrink.lowrank.svd import FactorizedConv2d
+
+    torch.manual_seed(0)
+    pair = FactorizedConv2d(3, 8, (3, 3), 2, mode=mode)  # type: ignore[arg-type]
+    x = torch.randn(2, 3, 9, 9)
+    dense = F.conv2d(x, pair.weight, pair.second.bias)
+    assert (pair(x) - dense).abs().max() < 1e-5

@@ -108,16 +108,16 @@ def _quant_rules() -> None:
         if m.act_bits != 8:
             # 16-bit activations have no ONNX-Runtime integer kernel: export the float layer
             # with the int8 weight grid (the activation rounding at 16 bits is negligible).
-            return _conv_like(op, m.weight(), bias)
+            return _conv_like(op, m.weight, bias)
         inp = QuantDequant(float(m.in_scale), int(m.in_zero_point), signed=False)
         out = QuantDequant(float(m.out_scale), int(m.out_zero_point), signed=False)
         if op["kind"] == "linear":
             return QDQLinear(w_q, w_scale, bias, input_qdq=inp, output_qdq=out)
         if op["kind"] == "conv2d":
-            conv = _conv_like(op, m.weight(), None)
+            conv = _conv_like(op, m.weight, None)
             assert isinstance(conv, nn.Conv2d)
             return QDQConv2d(conv, w_q, w_scale, bias, input_qdq=inp, output_qdq=out)
-        return _Sandwich(_conv_like(op, m.weight(), bias), inp, out)  # conv1d: simulated in PyTorch too
+        return _Sandwich(_conv_like(op, m.weight, bias), inp, out)  # conv1d: simulated in PyTorch too
 
     @export_rule(OurDynamic, quantized=True)
     def _dynamic(m: Any) -> nn.Module:

@@ -98,6 +98,15 @@ class FactorizedConv2d(nn.Module):
             self.second = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias,
                                     padding_mode=padding_mode)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense kernel the pair computes (out, in, kh, kw), for code that reads a conv's
+        `.weight` (Hugging Face's ViT reads its dtype); the pair itself stores only factors."""
+        a, b = self.first.weight, self.second.weight
+        if self.mode == "channel":  # kxk to rank, then 1x1
+            return torch.einsum("or,rihw->oihw", b[:, :, 0, 0], a)
+        return torch.einsum("orw,rih->oihw", b[:, :, 0, :], a[:, :, :, 0])  # (kh x 1) then (1 x kw)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 

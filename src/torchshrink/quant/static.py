@@ -69,7 +69,10 @@ class StaticInt8Layer(PackedCache):
             return f"int8 kernel (quantized::{self.op['kind']}, {torch.backends.quantized.engine})"
         return f"fake-quant (simulated int8 weights, int{self.act_bits} activations)"
 
+    @property
     def weight(self) -> torch.Tensor:
+        """The int8 grid as float: what the layer computes with (and what code that reads a
+        layer's `.weight`, e.g. for its dtype as Hugging Face's ViT does, finds)."""
         scale = self.weight_scale.reshape(-1, *([1] * (self.weight_int8.dim() - 1)))
         return self.weight_int8.float() * scale
 
@@ -104,11 +107,11 @@ class StaticInt8Layer(PackedCache):
             y = qy.dequantize()
             return y if dtype == torch.float32 else y.to(dtype)
         x = self._fq(x.float(), "in")
-        y = run_op(self.op, x, self.weight(), self.bias)
+        y = run_op(self.op, x, self.weight, self.bias)
         return self._fq(y, "out").to(dtype)
 
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:
-        out = {"weight": self.weight()}
+        out = {"weight": self.weight}
         if self.bias is not None:
             out["bias"] = self.bias
         return out

@@ -264,6 +264,14 @@ WEIGHT_ONLY_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2
 
 def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.Module:
     selected = select_layers(model, types=WEIGHT_ONLY_TYPES, targets=config.targets, ignore=config.ignore)
+    # The swap replaces the module, so a subclass with its own forward (OPT's learned positions
+    # take position_ids) would lose it: those keep their float weight, with the reason recorded.
+    for name, m in selected:
+        if isinstance(m, nn.Embedding) and type(m).forward is not nn.Embedding.forward:
+            coverage.skip(model, name, f"{type(m).__name__} overrides Embedding.forward; a swapped "
+                                       "WeightOnlyLayer would not compute it")
+    selected = [(n, m) for n, m in selected
+                if not (isinstance(m, nn.Embedding) and type(m).forward is not nn.Embedding.forward)]
     # A weight tied between layers (an LM head and its token embedding) is quantized once, on
     # the first of its layers that is a Linear (GPTQ/AWQ can see its inputs), and the others
     # share that layer's codes and scales.
