@@ -49,7 +49,8 @@ def test_best_is_the_highest_metric_within_the_byte_budget(setup: tuple) -> None
 
 def test_a_recipe_the_model_cannot_take_is_skipped_with_the_reason(setup: tuple) -> None:
     model, x, fidelity = setup
-    res = ts.plan(model, [ts.WeightOnly(bits=4, group_size=128), ts.WeightOnly(bits=8, group_size=None)],
+    # strict: a group size that does not divide a layer is an error, not a per-layer fallback
+    res = ts.plan(model, [ts.WeightOnly(bits=4, group_size=128, strict=True), ts.WeightOnly(bits=8, group_size=None)],
                   evaluate=fidelity, max_bytes=0.5, example=x[:8], latency_runs=3, progress=False)
     skipped, ok = res.candidates
     assert skipped.skipped is not None and "group_size=128" in skipped.skipped
