@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchshrink.export.qdq import const_node
+from torchshrink.quant.layers import run_op
 
 __all__ = ["PackedWeightLinear", "PackedWeightConv", "CodebookWeight", "CodebookLayer", "unpack_stream"]
 
@@ -128,21 +129,18 @@ class PackedWeightLinear(_PackedWeight):
 
 
 class PackedWeightConv(_PackedWeight):
-    """Conv1d/Conv2d over packed weights; `op` is the layer's computation (quant.layers.LayerOp:
-    kind, stride, padding, dilation, groups)."""
+    """Conv1d/Conv2d or Embedding over packed weights; `op` is the layer's computation
+    (quant.layers.LayerOp: kind, and for convolutions stride, padding, dilation, groups)."""
 
     def __init__(self, op: dict[str, Any], packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                  bias: torch.Tensor | None, *, bits: int, shape: tuple[int, ...], group: int,
                  col_scale: torch.Tensor | None = None) -> None:
         super().__init__(packed, scale, zero, bits=bits, shape=shape, group=group, col_scale=col_scale)
-        self.conv = F.conv1d if op["kind"] == "conv1d" else F.conv2d
-        self.stride, self.padding = tuple(op["stride"]), tuple(op["padding"])
-        self.dilation, self.groups = tuple(op["dilation"]), int(op["groups"])
+        self.op = dict(op)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = typing.cast("torch.Tensor | None", self.bias)
-        return self.conv(x, self.weight(), bias, self.stride, self.padding, self.dilation, self.groups)
+        return run_op(self.op, x, self.weight(), typing.cast("torch.Tensor | None", self.bias))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,15 +50,19 @@ class Coverage:
                 "share": self.share}
 
 
-Snapshot = dict[str, tuple[type, tuple[int, ...], int, int, int]]
+State = tuple[type, tuple[int, ...], tuple[int, ...], int, int, int]
+Snapshot = dict[str, State]
 
 
-def _state(m: nn.Module) -> tuple[type, tuple[int, ...], int, int, int]:
+def _state(m: nn.Module) -> State:
     plist: Any = m.parametrizations["weight"] if parametrize.is_parametrized(m, "weight") else ()  # type: ignore[index]
     chain = tuple(id(p) for p in plist)
+    # A re-applied method (iterative pruning) edits its parametrization's mask in place: the
+    # versions of the chain's own tensors tell that apart from a no-op.
+    versions = tuple(t._version for p in plist for t in (*p.parameters(), *p.buffers()))
     w = _tensor(m, "weight")
     cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
-    return cls, chain, id(w), (w._version if w is not None else 0), id(m)
+    return cls, chain, versions, id(w), (w._version if w is not None else 0), id(m)
 
 
 def snapshot(model: nn.Module) -> Snapshot:
@@ -67,16 +71,23 @@ def snapshot(model: nn.Module) -> Snapshot:
 
 def note(model: nn.Module, layer: str, text: str) -> None:
     """A per-layer choice the method made instead of what was asked (e.g. a smaller group)."""
-    pending = getattr(model, _PENDING_ATTR, None) or {"notes": {}, "skipped": {}}
+    pending = _pending(model)
     pending["notes"][layer] = text
     object.__setattr__(model, _PENDING_ATTR, pending)
 
 
-def skip(model: nn.Module, layer: str, reason: str) -> None:
-    """A layer the method could have handled but left, with the reason."""
-    pending = getattr(model, _PENDING_ATTR, None) or {"notes": {}, "skipped": {}}
+def skip(model: nn.Module, layer: str, reason: str, *, requested: bool = False) -> None:
+    """A layer the method could have handled but left, with the reason. `requested`: the
+    config asked for that (e.g. HeadPruning(mlp=0) leaves the MLPs), so it is not warned about."""
+    pending = _pending(model)
     pending["skipped"][layer] = reason
+    if requested:
+        pending["requested"].add(layer)
     object.__setattr__(model, _PENDING_ATTR, pending)
+
+
+def _pending(model: nn.Module) -> dict[str, Any]:
+    return getattr(model, _PENDING_ATTR, None) or {"notes": {}, "skipped": {}, "requested": set()}
 
 
 def record(before_model: nn.Module, after: nn.Module, before: Snapshot, sizes: dict[str, tuple[str, int]],
@@ -84,7 +95,8 @@ def record(before_model: nn.Module, after: nn.Module, before: Snapshot, sizes: d
     """Compare `before` (a snapshot) with the model after the method; attach and return the record.
     `excluded` are layers
     the user's targets/ignore left out (skipped on request, never warned about)."""
-    pending = getattr(before_model, _PENDING_ATTR, None) or {"notes": {}, "skipped": {}}
+    pending = _pending(before_model)
+    excluded = excluded | pending["requested"]
     for m in {id(before_model): before_model, id(after): after}.values():
         if hasattr(m, _PENDING_ATTR):
             object.__delattr__(m, _PENDING_ATTR)

@@ -138,6 +138,11 @@ class AttentionBlock:
     num_kv_heads: int = 0
     head_dim: int = 0
 
+    def layers(self) -> list[str]:
+        """The weight-holding modules of this block (an nn.MultiheadAttention holds its own q|k|v)."""
+        own = [self.name] if self.layout == "mha" else []
+        return own + [n for n in (self.q, self.k, self.v, self.qkv, self.o) if n]
+
 
 @dataclasses.dataclass
 class MlpBlock:
@@ -147,6 +152,9 @@ class MlpBlock:
     name: str
     up: tuple[str, ...]
     down: str
+
+    def layers(self) -> list[str]:
+        return [*self.up, self.down]
 
 
 def _child(m: nn.Module, names: tuple[str, ...]) -> str | None:
@@ -211,7 +219,7 @@ def _attention(name: str, m: nn.Module, parent: nn.Module | None, pname: str) ->
 
 
 _MLP_PAIRS = ((("gate_proj", "up_proj"), "down_proj"), (("w1", "w3"), "w2"), (("c_fc",), "c_proj"),
-              (("fc1",), "fc2"), (("linear1",), "linear2"))
+              (("fc1",), "fc2"), (("linear1",), "linear2"), (("fc",), "proj"))
 
 
 def _mlp(name: str, m: nn.Module) -> MlpBlock | None:

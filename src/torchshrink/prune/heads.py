@@ -19,6 +19,7 @@ from torch import nn
 
 from torchshrink.config import Config, check_choice, check_range
 from torchshrink.errors import UnsupportedModelError
+from torchshrink.nn import coverage
 from torchshrink.nn.transformer import (
     AttentionBlock,
     MlpBlock,
@@ -176,6 +177,12 @@ def prune_heads_and_mlp(model: nn.Module, *, heads: float, mlp: float, criterion
 
 
 def _apply(model: nn.Module, config: HeadPruning, ctx: Context) -> nn.Module:
+    attn, mlps = find_blocks(model)
+    for asked, blocks, what in ((config.heads, attn, "heads=0"), (config.mlp, mlps, "mlp=0")):
+        if asked == 0:
+            for b in blocks:
+                for layer in b.layers():
+                    coverage.skip(model, layer, f"{what}: left as asked", requested=True)
     info = prune_heads_and_mlp(model, heads=config.heads, mlp=config.mlp, criterion=config.criterion)
     object.__setattr__(model, "torchshrink_head_pruning", info)
     return model
