@@ -13,6 +13,7 @@ from torch import nn
 import torchshrink as ts
 from torchshrink.infer import CompactSparseLinear, Int4Linear, kernel_available
 from torchshrink.measure import resident_bytes
+from torchshrink.quant.static import StaticInt8Layer
 
 
 def _compressed_lenet(sparsity: float = 0.92, bits: int | None = 4) -> nn.Module:
@@ -145,3 +146,46 @@ def test_loading_the_sparse_kernel_keeps_subnormal_floats() -> None:
     kernels.available()
     tiny = torch.tensor(1e-40, dtype=torch.float32)
     assert float(tiny * 1.0) != 0.0
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.Flatten(),
+                         nn.Linear(8 * 7 * 7, 10)).eval()
+
+
+@pytest.mark.parametrize("config", [ts.WeightOnly(bits=4, group_size=None), ts.Cast(dtype="bfloat16")],
+                         ids=["weight_only", "cast"])
+def test_quantized_convolutions_can_be_decoded_once(config: Any) -> None:
+    """Convolutions in weight-only or low-precision form get a dense fp32 form too (without one,
+    a weight-only conv decodes its codes on every call and runs slower than fp32)."""
+    q = ts.quantize(_conv_net(), config).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = q(x)
+    f = ts.for_inference(q, example=x, timer=_fixed_timer(["dense (decoded once)"]))
+    for name in ("0", "2", "4"):
+        assert f.torchshrink_inference[name]["chosen"] == "dense (decoded once)", name
+        assert "dense (decoded once)" in f.torchshrink_inference[name]["bytes"]
+    tol = 0 if isinstance(config, ts.WeightOnly) else 0.05  # bf16 products rounded in the original
+    torch.testing.assert_close(f(x), ref, rtol=tol, atol=tol)
+    if isinstance(config, ts.Cast):
+        kept = ts.for_inference(q, example=x, decode_int8=False)
+        assert all(r["chosen"] == "kept" for r in kept.torchshrink_inference.values())
+
+
+def test_static_int8_layers_are_decoded_only_where_faster() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    calib = [torch.randn(8, 16) for _ in range(4)]
+    q = ts.quantize(net, ts.StaticInt8(), calibration=calib).eval()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        ref, exact = q(x), net(x)
+    assert isinstance(q[0], StaticInt8Layer)
+    f = ts.for_inference(q, example=x, timer=_fixed_timer(["dense (decoded once)"]))
+    assert {r["chosen"] for r in f.torchshrink_inference.values()} == {"dense (decoded once)"}
+    # decoded, the layers keep the int8 weights but drop the activation rounding
+    assert (f(x) - ref).abs().max() < 0.1
+    torch.testing.assert_close(f[0].weight, q[0].ts_effective_weights()["weight"], rtol=0, atol=0)
+    assert 0 < (f(x) - exact).abs().max() < 0.1  # int8 weights, float activations

@@ -6,11 +6,14 @@ Per layer kind:
 - a Linear with a mask/codebook/fake-quant chain (or none): dense with the effective weight
   baked in, compact CSR with fp32 values where it has zeros, compact CSR with uint8 codebook
   indices where it shares values, and torch's own CSR (`prune.sparse.SparseLinear`);
-- a `WeightOnlyLayer`: PyTorch's int4 kernel where eligible, the weight decoded once to dense
-  fp32, or the packed codes decoded per call (the smallest);
+- a `WeightOnlyLayer` (Linear, convolution or embedding): PyTorch's int4 kernel where
+  eligible, the weight decoded once to dense fp32, or the packed codes decoded per call (the
+  smallest);
+- layers that compute in lower precision (DynamicInt8, StaticInt8, fp16/bf16 casts): kept, or
+  decoded once to fp32 where that is measured faster (small layers at batch 1 spend most of an
+  int8 kernel's time quantizing activations; CPUs without fp16 arithmetic emulate it);
 - convolutions and other parametrized modules: the chain baked into a plain weight;
-- int8 kernel layers (DynamicInt8, StaticInt8), factor pairs and casts are already their
-  inference form and are kept.
+- factor pairs are already their inference form and are kept.
 `prefer="speed"` takes the fastest candidate; `prefer="memory"` the one holding the fewest
 bytes (ties: the fastest). Each decision, with its timings and bytes, is recorded on the
 returned model as `torchshrink_inference` and in each chosen module's `execution` label.
@@ -34,7 +37,10 @@ from torchshrink.measure.resident import resident_bytes
 from torchshrink.measure.weights import execution_label
 from torchshrink.nn import params, set_module
 from torchshrink.prune.sparse import SparseLinear, time_call
+from torchshrink.quant.cast import CastLayer
 from torchshrink.quant.dynamic import DynamicInt8Linear
+from torchshrink.quant.layers import DecodedOp
+from torchshrink.quant.static import StaticInt8Layer
 from torchshrink.quant.weight_only import WeightOnlyLayer, int4_kernel_ok
 
 __all__ = ["for_inference", "Timer", "MIN_SPARSITY"]
@@ -112,22 +118,31 @@ def _int4_form(q: WeightOnlyLayer) -> Int4Linear:
                       bias=q.bias, col_scale=q.col_scale)
 
 
+def _decoded(op: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    return _dense_linear(weight, bias) if op["kind"] == "linear" else DecodedOp(op, weight, bias)
+
+
 def _weight_only_candidates(q: WeightOnlyLayer) -> dict[str, nn.Module]:
     q.cpu_kernel = False  # this candidate is the packed codes alone; the int4 kernel is its own form
-    out: dict[str, nn.Module] = {"packed, decoded per call": q}
-    if q.op["kind"] == "linear":
-        out["dense (decoded once)"] = _dense_linear(q.dequantized_weight(), _bias(q))
+    out: dict[str, nn.Module] = {"packed, decoded per call": q,
+                                 "dense (decoded once)": _decoded(q.op, q.dequantized_weight(), _bias(q))}
     if int4_kernel_ok(q):
         out["int4 kernel"] = _int4_form(q)
     return out
 
 
-def _dynamic_int8_candidates(q: DynamicInt8Linear) -> dict[str, nn.Module]:
-    # Decoded to fp32 the layer skips the per-call activation quantization: at small sizes that
-    # overhead is most of the int8 kernel's time. The output then differs from the int8 one by
-    # the activation rounding (it is closer to the float model).
-    w = q.ts_effective_weights()
-    return {"int8 kernel": q, "dense (decoded once)": _dense_linear(w["weight"], w.get("bias"))}
+LOSSY_COMPUTE = (DynamicInt8Linear, StaticInt8Layer, CastLayer)
+"""Layers whose arithmetic rounds (int8 activations, fp16/bf16 products): decoded to fp32 they
+compute closer to the float model, not bit-equal to themselves."""
+
+
+def _lossy_compute_candidates(q: nn.Module) -> dict[str, nn.Module]:
+    # Decoded to fp32 an int8 layer skips the per-call activation quantization: at small sizes
+    # that overhead is most of the kernel's time. A cast layer skips emulated fp16 arithmetic.
+    w = q.ts_effective_weights()  # type: ignore[operator]
+    op = getattr(q, "op", None) or {"kind": "linear"}
+    kept = "int8 kernel" if isinstance(q, DynamicInt8Linear) else execution_label(q)
+    return {kept: q, "dense (decoded once)": _decoded(op, w["weight"].float(), w.get("bias"))}
 
 
 def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -170,9 +185,10 @@ def for_inference(model: nn.Module, *, example: Any, prefer: Literal["speed", "m
 
     The result holds no parametrizations and is for inference only (no gradients). Tolerances:
     dense and CSR forms are exact up to float summation order; the int4 kernel rounds
-    activations and scales to bfloat16 (about 1e-2 relative). A DynamicInt8 layer decoded to
-    fp32 (where measured faster, `decode_int8=True`) drops the activation rounding, so it
-    differs from the int8 output by that rounding; pass `decode_int8=False` to keep int8 exact.
+    activations and scales to bfloat16 (about 1e-2 relative). A DynamicInt8/StaticInt8 or
+    fp16/bf16 layer decoded to fp32 (where measured faster, `decode_int8=True`) drops the
+    activation or product rounding, so it differs from the low-precision output by that rounding
+    (and is closer to the float model); `decode_int8=False` keeps those layers as they compute.
     """
     if prefer not in ("speed", "memory"):
         raise ConfigError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
@@ -195,8 +211,8 @@ def for_inference(model: nn.Module, *, example: Any, prefer: Literal["speed", "m
                 cands = _linear_candidates(mod)
         elif isinstance(mod, WeightOnlyLayer):
             cands = _weight_only_candidates(mod) if x is not None else {"packed, decoded per call": mod}
-        elif isinstance(mod, DynamicInt8Linear) and x is not None and prefer == "speed" and decode_int8:
-            cands = _dynamic_int8_candidates(mod)
+        elif isinstance(mod, LOSSY_COMPUTE) and x is not None and prefer == "speed" and decode_int8:
+            cands = _lossy_compute_candidates(mod)
         else:
             if getattr(type(mod), "execution", None) is not None:
                 records[name] = {"chosen": "kept", "reason": execution_label(mod)}

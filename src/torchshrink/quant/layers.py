@@ -14,7 +14,7 @@ from torchshrink.errors import UnsupportedModelError
 from torchshrink.quant.fake import grid_params, group_rows, quantize_codes
 
 __all__ = ["LayerOp", "layer_op", "run_op", "weight_of", "weight_tensor", "bias_of", "in_width",
-           "quantize_int8_weight", "load_int8_weights", "compute_dtype"]
+           "quantize_int8_weight", "load_int8_weights", "compute_dtype", "DecodedOp"]
 
 LayerOp = dict[str, Any]
 
@@ -66,6 +66,31 @@ def run_op(op: LayerOp, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
         return F.embedding(x, w, op.get("padding_idx"))
     fn = F.conv1d if op["kind"] == "conv1d" else F.conv2d
     return fn(x, w, b, tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]), op["groups"])
+
+
+class DecodedOp(nn.Module):
+    """A quantized layer's computation with its weight decoded once to a plain float tensor:
+    as fast as the float layer, at the float layer's memory. It computes in its input's dtype."""
+
+    execution = "dense (decoded once)"
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, op: LayerOp, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.op = dict(op)
+        self.register_buffer("weight", weight.detach().float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = compute_dtype(x, self.weight)
+        return run_op(self.op, x, self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
+
+    def ts_effective_weights(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
 
 
 def compute_dtype(x: torch.Tensor, fallback: torch.Tensor) -> torch.dtype:

@@ -38,6 +38,7 @@ from torchshrink.quant.fake import (
 )
 from torchshrink.quant.gptq import gptq_codes, next_hessians
 from torchshrink.quant.layers import (
+    DecodedOp,
     LayerOp,
     bias_of,
     compute_dtype,
@@ -306,7 +307,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         done[name] = q
         # Until every layer is done, a float stand-in computes with the quantized weight, so the
         # calibration passes after it do not unpack codes on every call.
-        set_module(model, name, _Decoded(q))
+        set_module(model, name, DecodedOp(q.op, q.dequantized_weight(), q.bias))
         if bar is not None:
             bar.update(1)
 
@@ -357,20 +358,6 @@ def _sharing(lead: WeightOnlyLayer, op: LayerOp, m: nn.Module) -> WeightOnlyLaye
     if b is not None and q.bias is not None:
         q.bias.copy_(b)
     return q
-
-
-class _Decoded(nn.Module):
-    """A WeightOnlyLayer's computation with its weight unpacked once (used while quantizing)."""
-
-    def __init__(self, q: WeightOnlyLayer) -> None:
-        super().__init__()
-        self.op = q.op
-        self.weight = q.dequantized_weight()
-        self.bias = q.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = compute_dtype(x, self.weight)
-        return run_op(self.op, x, self.weight.to(dt), None if self.bias is None else self.bias.to(dt))
 
 
 @register(family="quant", handler=apply_weight_only)
