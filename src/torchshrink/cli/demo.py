@@ -20,7 +20,7 @@ from torchshrink.cli.baseline import (
     train_recipe,
     training_overrides,
 )
-from torchshrink.cli.paths import prepare_output_dir
+from torchshrink.cli.paths import prepare_output, prepare_output_dir
 
 NAME = "demo"
 HELP = "train LeNet-300-100 on the bundled MNIST sample, compress it, print before/after"
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_training(p, what="baseline")
     p.add_argument("--recipe", default=DEMO_RECIPE,
                    help=f"compression recipe: a YAML file or a bundled name (default {DEMO_RECIPE})")
+    options.add_html(p)
     options.add_json(p)
     options.add_quiet(p)
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout)
 
     result = run_demo(out_dir=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                      recipe=args.recipe, progress=not args.quiet, print_fn=say)
+                      recipe=args.recipe, progress=not args.quiet, print_fn=say, html=args.html)
     if args.json:
         print(json.dumps({"before": result["before"].to_dict(), "after": result["after"].to_dict(),
                           "decoded_latency_ms": result["decoded_latency"].median_ms,
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None = None,
              lr: float | None = None, batch_size: int | None = None, recipe: str = DEMO_RECIPE,
-             progress: bool = True, runs: int = 100, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+             progress: bool = True, runs: int = 100, print_fn: Callable[[str], None] = print,
+             html: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train LeNet-300-100 on mnist5k, compress it, save, reload, and print before/after.
 
     The recipe, the training options and the output directory are checked before training.
@@ -71,6 +73,8 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     rec = ts.load_recipe(recipe)
     base_recipe = training_overrides(train_recipe("lenet300"), epochs=epochs, lr=lr, batch_size=batch_size)
     out = prepare_output_dir(out_dir, "--out")
+    if html is not None:
+        prepare_output(html, "--html")
     splits = data.load("mnist5k", seed=DATA_SEED)
     train_loader, val_loader, _ = loaders(splits, base_recipe, seed=0)
     test = test_loader(splits)
@@ -105,6 +109,11 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     # mask or codebook gather.
     decoded = materialize(copy.deepcopy(reloaded))
     decoded_latency = time_forward(decoded, example, runs=runs, warmup=10, threads=1)
+    if html is not None:
+        from torchshrink.report import report as html_report
+
+        html_report(small_path, before=base_path, out=html, example=example, evaluate=accuracy, stages=result,
+                    recipe=rec, runs=runs)
     seconds = time.perf_counter() - t0
     print_fn("")
     print_fn(f"LeNet-300-100 on mnist5k; compression: {how}")
@@ -113,6 +122,8 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     if before.latency.get(1) is not None and after.layers and any(r.execution != "dense" for r in after.layers):
         print_fn(f"decoded once to dense fp32 (ts.nn.params.materialize), the compressed model takes "
                  f"{decoded_latency.median_ms:.4f} ms at batch 1 (baseline {before.latency[1].median_ms:.4f} ms)")
+    if html is not None:
+        print_fn(f"wrote the report page {html}")
     print_fn(f"demo finished in {seconds:.0f} s")
     return {"before": before, "after": after, "decoded_latency": decoded_latency, "compression": how,
-            "seconds": seconds, "files": [str(base_path), str(small_path)]}
+            "seconds": seconds, "files": [str(base_path), str(small_path)] + ([str(html)] if html is not None else [])}

@@ -28,7 +28,7 @@ from torchshrink.report.energy import (
 from torchshrink.report.streams import STREAMS, FileStreams, LayerStreams, file_streams
 
 __all__ = ["HOROWITZ_45NM", "STREAMS", "EnergyEstimate", "FileStreams", "LayerEnergy", "LayerStreams", "ReportData",
-           "estimate_energy", "file_streams", "layer_precision", "render_report", "report"]
+           "collect", "estimate_energy", "file_streams", "layer_precision", "render_report", "report", "write_page"]
 
 
 def render_report(data: ReportData, *, seconds: float = 0.0) -> str:
@@ -76,11 +76,20 @@ def report(after: str | os.PathLike[str] | nn.Module, before: str | os.PathLike[
         from torchshrink.report.energy import check_table
 
         check_table(energy_table)
-    collected = collect(after, before, data=data, example=example, evaluate=evaluate, stages=stages, plan=plan,
+    data_ = collect(after, before, data=data, example=example, evaluate=evaluate, stages=stages, plan=plan,
                         recipe=recipe, like=like, batch_sizes=batch_sizes, threads=threads, runs=runs,
                         latency=latency, energy_batches=energy_batches, sram_bytes=sram_bytes,
                         energy_table=energy_table, title=title)
-    write_atomic(path, render_report(collected, seconds=time.perf_counter() - t0))
+    write_atomic(path, render_report(data_, seconds=time.perf_counter() - t0))
+    return path
+
+
+def write_page(data: ReportData, out: str | os.PathLike[str], *, seconds: float = 0.0) -> Path:
+    """Render collected data (`collect`) to `out`, atomically; for callers that also want the numbers."""
+    from torchshrink.report.html import check_writable, write_atomic
+
+    path = check_writable(out)
+    write_atomic(path, render_report(data, seconds=seconds))
     return path
 
 
