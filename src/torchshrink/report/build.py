@@ -89,7 +89,7 @@ def layer_table(model: nn.Module, streams: FileStreams) -> list[dict[str, Any]]:
         cb = params.find(m, Codebook)
         rows.append({"layer": name, "weights": n, "kept_percent": 100 * nz / max(1, n),
                      "shared_values": cb.k if cb is not None else None,
-                     "weight_bits": 8 * b.get("values", 0) / max(1, nz),
+                     "weight_bits": 8 * (b.get("values", 0) - (s.bias_bytes if s is not None else 0)) / max(1, nz),
                      "index_bits": 8 * b.get("positions", 0) / max(1, nz),
                      "table_bytes": b.get("codebooks", 0) + b.get("scales", 0), "bytes": stored,
                      "dense_bytes": dense, "share_percent": 100 * stored / max(1, dense),

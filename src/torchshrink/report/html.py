@@ -51,7 +51,7 @@ $body
 def render(*, title: str, sections: list[tuple[str, str, str]], version: str, seconds: float) -> str:
     """The page for (id, heading, fragment) sections; empty fragments are left out."""
     kept = [(sid, head, frag) for sid, head, frag in sections if frag]
-    nav = "".join(f'<a href="#{sid}">{html.escape(head)}</a>' for sid, head, _ in kept)
+    nav = "\n".join(f'<a href="#{sid}">{html.escape(head)}</a>' for sid, head, _ in kept)
     body = "\n".join(f'<section id="{sid}"><h2>{html.escape(head)}</h2>{frag}</section>' for sid, head, frag in kept)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return PAGE.substitute(title=html.escape(title), subtitle=f"generated {now}", nav=nav,

@@ -90,6 +90,8 @@ def file_streams_plot(files: Sequence[tuple[str, dict[str, int]]]) -> str:
         left = [0.0] * len(files)
         for s in ("values", "positions", "codebooks", "scales", "header"):
             vals = [100.0 * t.get(s, 0) / tot for (_, t), tot in zip(files[::-1], totals)]
+            if not any(vals):
+                continue
             ax.barh(names, vals, left=left, color=COLORS[s], label=s)
             left = [a + v for a, v in zip(left, vals)]
         for i, tot in enumerate(totals):

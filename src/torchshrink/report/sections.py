@@ -121,8 +121,8 @@ def layers(d: ReportData) -> str:
     header = ["layer", "weights", "kept", "shared values", "weight bits", "index bits", "codebook+scale bytes",
               "bytes", "of fp32"]
     parts = [table(header, _layer_rows(d.after), caption="after (in the style of Deep Compression, Table 2)"),
-             _p("bits are per kept weight, from the file's real bytes: weight bits are the value stream, index bits "
-                "the position stream; * marks a layer whose positions and values one entropy coder codes together "
+             _p("bits are per kept weight, from the file's real bytes: weight bits are the value stream (biases "
+                "left out), index bits the position stream; bytes include biases and tables; * marks a layer whose positions and values one entropy coder codes together "
                 "(split by the entropy identity, see streams); the total row is the whole file, header included",
                 "note")]
     if d.before:

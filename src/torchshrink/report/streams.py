@@ -63,6 +63,7 @@ class LayerStreams:
     layer: str
     bytes: dict[str, int]
     estimated: bool = False  # some of the positions/values split comes from the entropy identity
+    bias_bytes: int = 0  # the part of `values` that is biases (per-weight bit counts leave it out)
 
     @property
     def total(self) -> int:
@@ -164,4 +165,6 @@ def file_streams(path: str | os.PathLike[str]) -> FileStreams:
                     row.estimated = True
         row.bytes["positions"] += pos
         row.bytes[role] += rec.nbytes - pos
+        if rec.key.rpartition(".")[2] == "bias":
+            row.bias_bytes += rec.nbytes - pos
     return FileStreams(info.path, info.file_bytes, info.header_bytes, list(layers.values()))
