@@ -80,3 +80,23 @@ def test_the_table_is_replaceable_and_checked(lenet_files: tuple[Path, Path]) ->
         estimate_energy(model, x, table={k: v for k, v in HOROWITZ_45NM.items() if k != "fp32_add"})
     with pytest.raises(ts.ConfigError, match="precision names layers \\['fc9'\\]"):
         estimate_energy(model, x, precision={"fc9": "int8"})
+
+
+def test_every_counted_mac_is_priced_once() -> None:
+    """Attention blocks own their score matmuls beside their projections' MACs; the sum over
+    the estimate's layers is the model's MAC count, neither double-counted nor dropped."""
+    from torchshrink.measure import count_macs
+
+    torch.manual_seed(0)
+    model = ts.models.create("gpt_tiny")
+    x = ts.models.example_input(model, 1)
+    total, _ = count_macs(model, x)
+    e = estimate_energy(model, x)
+    assert sum(r.macs for r in e.layers) == total
+    assert e.compute_pj == pytest.approx(total * (FP32_MULT + FP32_ADD))
+
+
+def test_layers_the_mac_counter_cannot_see_are_named() -> None:
+    model = ts.quantize(ts.models.create("lenet300"), ts.DynamicInt8())
+    e = estimate_energy(model, ts.models.example_input(model, 1))
+    assert "layers ['fc1', 'fc2', 'fc3'] hold weights but run kernels the MAC counter does not know" in e.assumptions[-1]

@@ -69,31 +69,37 @@ def _load_side(source: Source, label: str, tmp: Path, like: Any) -> tuple[str, n
 
 
 def layer_table(model: nn.Module, streams: FileStreams) -> list[dict[str, Any]]:
-    """Deep Compression's Table 2 from the file's real bytes: per weight layer, weights, % kept,
-    bits per kept weight for values and for positions, bytes and share of dense fp32."""
+    """Deep Compression's Table 2 from the file's real bytes: per weight-holding layer (as
+    `ts.measure` sees them, swapped quantized modules included), weights, % kept, bits per kept
+    weight for values and for positions, bytes and share of dense fp32."""
     from torchshrink.cluster.codebook import Codebook
-    from torchshrink.nn import params, select_layers
+    from torchshrink.measure.weights import effective_tensors, layer_rows
+    from torchshrink.nn import params
 
     by_layer = {r.layer: r for r in streams.layers}
+    modules = dict(model.named_modules())
     rows: list[dict[str, Any]] = []
-    for name, m in select_layers(model):
-        w = getattr(m, "weight", None)
-        if not isinstance(w, torch.Tensor):
+    for lr in layer_rows(model):
+        m = modules.get("" if lr.name == "(root)" else lr.name)
+        if m is None:
             continue
-        n, nz = w.numel(), int(torch.count_nonzero(w.detach()))
-        bias = getattr(m, "bias", None)
-        dense = 4 * (n + (bias.numel() if isinstance(bias, torch.Tensor) else 0))
-        s = by_layer.get(name)
+        tensors = effective_tensors(m)
+        w = tensors.get("weight")
+        if w is None or w.dim() < 2:
+            continue  # norms and biases only: not a weight layer of the table
+        n, nz = w.numel(), int(torch.count_nonzero(w))
+        dense = 4 * sum(t.numel() for t in tensors.values())
+        s = by_layer.get(lr.name)
         b = dict(s.bytes) if s is not None else {}
         stored = s.total if s is not None else 0
         cb = params.find(m, Codebook)
-        rows.append({"layer": name, "weights": n, "kept_percent": 100 * nz / max(1, n),
+        rows.append({"layer": lr.name, "weights": n, "kept_percent": 100 * nz / max(1, n),
                      "shared_values": cb.k if cb is not None else None,
                      "weight_bits": 8 * (b.get("values", 0) - (s.bias_bytes if s is not None else 0)) / max(1, nz),
                      "index_bits": 8 * b.get("positions", 0) / max(1, nz),
                      "table_bytes": b.get("codebooks", 0) + b.get("scales", 0), "bytes": stored,
                      "dense_bytes": dense, "share_percent": 100 * stored / max(1, dense),
-                     "estimated": bool(s is not None and s.estimated)})
+                     "estimated": bool(s is not None and s.estimated), "execution": lr.execution})
     return rows
 
 

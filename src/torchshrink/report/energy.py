@@ -154,11 +154,23 @@ def _layer_traffic(model: nn.Module, example: Any) -> tuple[dict[str, int], dict
     from torchshrink.measure.macs import call, count_macs, slice_batch
 
     one = slice_batch(example, 1)
-    _, per_module = count_macs(model, one)
+    total, per_module = count_macs(model, one)
     modules = dict(model.named_modules())
-    # Leaves only: a container's MACs are its children's.
-    leaves = {n: v for n, v in per_module.items() if v and n in modules
-              and not any(o != n and o.startswith(n + ".") and per_module[o] for o in per_module)}
+    counted = {n: v for n, v in per_module.items() if v and n in modules}
+    # A module's count includes its children's; keep each module's own share (an attention
+    # block's score matmuls beside its projections), and the root's functional ops as "".
+    own = dict(counted)
+    for n, v in counted.items():
+        parts = n.split(".")
+        parent = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in counted),
+                      None)
+        if parent is not None:
+            own[parent] -= v
+    tops = [n for n in counted if not any(n.startswith(o + ".") for o in counted if o != n)]
+    rest = total - sum(counted[n] for n in tops)
+    if rest > 0:
+        own[""] = rest
+    leaves = {n: v for n, v in own.items() if v > 0}
     acts: dict[str, int] = {}
 
     def hook(name: str) -> Any:
@@ -169,6 +181,7 @@ def _layer_traffic(model: nn.Module, example: Any) -> tuple[dict[str, int], dict
             acts[name] = acts.get(name, 0) + n_in + n_out
         return fn
 
+    modules[""] = model
     handles = [modules[n].register_forward_hook(hook(n)) for n in leaves]
     was = model.training
     model.eval()
@@ -229,10 +242,10 @@ def estimate_energy(model: nn.Module, example: Any, *, batch: int = 1,
     precs = {n: "fp32" if dense_fp32 else overrides.get(n) or layer_precision(m) for n, m in modules.items()}
     t = check_table(table, set(precs.values()))
 
+    from torchshrink.measure.weights import layer_rows
+
     per_layer: dict[str, int] = {}
     if dense_fp32:  # the weights as the layer computes with them, 4 bytes each
-        from torchshrink.measure.weights import layer_rows
-
         for r in layer_rows(model):
             per_layer[r.name] = 4 * r.params
     elif stored_bytes is None:  # in memory, tied tensors once
@@ -253,6 +266,8 @@ def estimate_energy(model: nn.Module, example: Any, *, batch: int = 1,
     def weight_pj(nbytes: int) -> float:
         return nbytes * 8 / 32 * fetch / batch
 
+    unpriced = [r.name for r in layer_rows(model) if r.name not in modules and r.params > 1000
+                and not any(r.name.startswith(n + ".") for n in modules if n)]
     rows: list[LayerEnergy] = []
     claimed = 0
     for name, m in modules.items():
@@ -280,6 +295,7 @@ def estimate_energy(model: nn.Module, example: Any, *, batch: int = 1,
         + ("; codebook layers read each centroid from a register file per use" if not dense_fp32 else ""),
         "not counted: biases, activation functions, pooling, normalization, the file header, control and "
         "leakage",
-    )
+    ) + ((f"layers {unpriced} hold weights but run kernels the MAC counter does not know; their arithmetic "
+          "and activations are not priced (their weights are)",) if unpriced else ())
     return EnergyEstimate(batch, sram_bytes, total_bytes, on_chip, tuple(rows),
                           weight_pj(total_bytes - claimed), assumptions)
