@@ -88,9 +88,7 @@ def summary(d: ReportData) -> str:
 
         ratio = _ratio(sb.median_ms if sb else None, sa.median_ms if sa else None, "faster", "slower")
         rows.append([label, fmt(sb), fmt(sa), ratio] if d.before else [label, fmt(sa)])
-    header = ["", d.before.label if d.before else "", d.after.label, "change"] if d.before else ["", "model"]
-    if d.before:
-        header = ["", "before", "after", "change"]
+    header = ["", "before", "after", "change"] if d.before else ["", "model"]
     runs = a.latency_runs[0] if a.latency_runs else None
     note = (f"latency: median of {runs.runs} runs after {runs.warmup} warm-up, with the interquartile range and "
             "the full range; compare only numbers from one run on one machine" if runs else "latency not measured")
