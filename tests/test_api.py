@@ -70,8 +70,9 @@ def test_verbs_are_their_subpackages() -> None:
     import torchshrink.export as te
     import torchshrink.plan as tpl
     import torchshrink.prune as tp
+    import torchshrink.report as tr
 
-    for module, verb in ((tp, ts.prune), (tc, ts.cluster), (te, ts.export), (tpl, ts.plan)):
+    for module, verb in ((tp, ts.prune), (tc, ts.cluster), (te, ts.export), (tpl, ts.plan), (tr, ts.report)):
         assert inspect.ismodule(module) and module is verb and callable(verb)
     assert tp.MagnitudePruning is ts.MagnitudePruning
     model = ts.models.create("lenet300")

@@ -105,6 +105,10 @@ def test_unknown_recipe_and_budget_fail_before_training(capsys: pytest.CaptureFi
     ("plan", *BASE, "--max-bytes", "0.5", "--report", "{d}/r.json"),
     ("plan", *BASE, "--max-bytes", "0.5", "--plot", "{d}/sub/p.png"),
     ("demo", "--out", "{d}/demo"),
+    ("compress", *BASE, "--recipe", "deep_compression_lenet300", "--out", "{tmp}/x.tsz", "--html", "{d}/r.html"),
+    ("plan", *BASE, "--max-bytes", "0.5", "--html", "{d}/r.html"),
+    ("demo", "--out", "{tmp}/demo", "--html", "{d}/r.html"),
+    ("report", "{tmp}/x.tsz", "--out", "{d}/r.html"),
     ("export", "lenet300", "--out", "{d}/m.onnx"),
 ])
 def test_unwritable_outputs_fail_before_any_work(capsys: pytest.CaptureFixture[str], no_training: None,
@@ -142,12 +146,12 @@ def test_every_subcommand_takes_json_and_the_batch_names_mean_one_thing() -> Non
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     choices = sub.choices  # type: ignore[attr-defined]
-    assert set(choices) == {"train", "eval", "inspect", "compress", "export", "bench", "plan", "demo"}
+    assert set(choices) == {"train", "eval", "inspect", "compress", "export", "bench", "plan", "report", "demo"}
     for name, p in choices.items():
         flags = {f for a in p._actions for f in a.option_strings}
         assert "--json" in flags, name
         assert ("--batch-size" in flags) == (name in ("train", "compress", "plan", "demo")), name
-        assert ("--batch" in flags) == (name in ("bench", "plan")), name
+        assert ("--batch" in flags) == (name in ("bench", "plan", "report")), name
         assert "--batch-size is the training batch size" in p.format_help(), name
     assert {f for a in choices["demo"]._actions for f in a.option_strings} >= {"--out", "--out-dir"}
 

@@ -117,9 +117,13 @@ from torchshrink.infer.load import load  # noqa: E402,F811  (codec's load plus i
 
 __all__ += ["for_inference"]
 
-# The verbs prune, cluster, export and plan are their (callable) subpackages, so both
+# --- HTML report: tables, plots, energy estimate ---
+__all__ += ["report"]
+
+# The verbs prune, cluster, export, plan and report are their (callable) subpackages, so both
 # `ts.prune(model, config)` and `import torchshrink.prune as tp` work (see _verb_module).
 prune = importlib.import_module("torchshrink.prune")  # noqa: F811
 cluster = importlib.import_module("torchshrink.cluster")  # noqa: F811
 export = importlib.import_module("torchshrink.export")  # noqa: F811
 plan = importlib.import_module("torchshrink.plan")  # noqa: F811
+report = importlib.import_module("torchshrink.report")

@@ -36,7 +36,7 @@ def _stage_label(name: str, seen: dict[str, int]) -> str:
 
 
 def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: str,
-                 report: str | None = None, checkpoint: str | None = None, epochs: int | None = None,
+                 report: str | None = None, html: str | None = None, checkpoint: str | None = None, epochs: int | None = None,
                  lr: float | None = None, batch_size: int | None = None, seed: int = 0,
                  progress: bool = True, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or load) a baseline, run the recipe, write the file, read it back and measure.
@@ -55,6 +55,8 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     prepare_output(out, "--out")
     if report:
         prepare_output(report, "--report")
+    if html:
+        prepare_output(html, "--html")
     b = baseline(model_name=model_name, data_name=data_name, checkpoint=checkpoint, epochs=epochs, lr=lr,
                  batch_size=batch_size, seed=seed, progress=progress, print_fn=print_fn)
     model, accuracy = b.model, b.accuracy
@@ -62,6 +64,10 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     base_bytes = dense_bytes(model)
     print_fn(f"baseline: accuracy {base_acc:.2f}%, {base_bytes:,} bytes as dense fp32")
 
+    import copy
+
+    # The page compares with the baseline as it was; compress() edits the model in place.
+    before_model = copy.deepcopy(model) if html and checkpoint is None else None
     seen: dict[str, int] = {}
     stage_info: list[dict[str, Any]] = []
 
@@ -109,6 +115,13 @@ def run_compress(*, model_name: str | None, data_name: str, recipe: str, out: st
     print_fn(f"\n{model_name or checkpoint} on {data_name}: {base_acc:.2f}% -> {comp_acc:.2f}% (file read back), "
              f"{base_bytes:,} -> {comp_bytes:,} bytes = {base_bytes / comp_bytes:.1f}x in {seconds:.0f} s "
              f"({time.process_time() - cpu0:.0f} CPU s on {torch.get_num_threads()} threads)")
+    if html:
+        from torchshrink.report import report as html_report
+
+        html_report(out, before=checkpoint if checkpoint is not None else before_model, out=html,
+                    example=x[:1], evaluate=accuracy, stages=rows, recipe=rec)
+        out_report["html"] = str(html)
+        print_fn(f"wrote the report page {html}")
     if report:
         write_text(report, json.dumps(out_report, indent=2), "--report")
         print_fn(f"wrote {out} and {report}")
@@ -123,6 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML recipe: a file, or a bundled name such as deep_compression_lenet300")
     p.add_argument("--out", required=True, help="compressed artifact to write (F.tsz)")
     options.add_report(p)
+    options.add_html(p)
     options.add_json(p)
 
 
@@ -131,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout)
 
     rep = run_compress(model_name=args.model, data_name=args.data, recipe=args.recipe, out=args.out,
-                       report=args.report, checkpoint=args.checkpoint, epochs=args.epochs, lr=args.lr,
+                       report=args.report, html=args.html, checkpoint=args.checkpoint, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, print_fn=say)
     if args.json:
         print(json.dumps(rep, indent=2))

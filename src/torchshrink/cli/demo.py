@@ -20,7 +20,7 @@ from torchshrink.cli.baseline import (
     train_recipe,
     training_overrides,
 )
-from torchshrink.cli.paths import prepare_output_dir
+from torchshrink.cli.paths import prepare_output, prepare_output_dir
 
 NAME = "demo"
 HELP = "train LeNet-300-100 on the bundled MNIST sample, compress it, print before/after"
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_training(p, what="baseline")
     p.add_argument("--recipe", default=DEMO_RECIPE,
                    help=f"compression recipe: a YAML file or a bundled name (default {DEMO_RECIPE})")
+    options.add_html(p)
     options.add_json(p)
     options.add_quiet(p)
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout)
 
     result = run_demo(out_dir=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                      recipe=args.recipe, progress=not args.quiet, print_fn=say)
+                      recipe=args.recipe, progress=not args.quiet, print_fn=say, html=args.html)
     if args.json:
         print(json.dumps({"before": result["before"].to_dict(), "after": result["after"].to_dict(),
                           "inference": result["inference"].to_dict(),
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None = None,
              lr: float | None = None, batch_size: int | None = None, recipe: str = DEMO_RECIPE,
-             progress: bool = True, runs: int = 100, print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+             progress: bool = True, runs: int = 100, print_fn: Callable[[str], None] = print,
+             html: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train LeNet-300-100 on mnist5k, compress it, save, reload, and print before/after.
 
     The recipe, the training options and the output directory are checked before training.
@@ -67,6 +69,8 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     rec = ts.load_recipe(recipe)
     base_recipe = training_overrides(train_recipe("lenet300"), epochs=epochs, lr=lr, batch_size=batch_size)
     out = prepare_output_dir(out_dir, "--out")
+    if html is not None:
+        prepare_output(html, "--html")
     splits = data.load("mnist5k", seed=DATA_SEED)
     train_loader, val_loader, _ = loaders(splits, base_recipe, seed=0)
     test = test_loader(splits)
@@ -99,9 +103,14 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
                        batch_sizes=(1, 64), threads=1, runs=runs, artifact=small_path)
     # What a deployment serving the file sees: the inference form (`ts.load(..., inference=True)`),
     # each layer in the form timed fastest at batch 1 (compact CSR with codebook indices, dense...).
-    served = ts.load(small_path, inference=True, example=example)
+    served = ts.for_inference(reloaded, example=example)
     inference = ts.measure(served, example=example, evaluate=accuracy, metric_name="accuracy",
                            batch_sizes=(1, 64), threads=1, runs=runs)
+    if html is not None:
+        from torchshrink.report import report as html_report
+
+        html_report(small_path, before=base_path, out=html, example=example, evaluate=accuracy, stages=result,
+                    recipe=rec, runs=runs)
     seconds = time.perf_counter() - t0
     print_fn("")
     print_fn(f"LeNet-300-100 on mnist5k; compression: {how}")
@@ -113,6 +122,8 @@ def run_demo(*, out_dir: str | os.PathLike[str] = "demo_out", epochs: int | None
     print_fn(ts.compare(before, inference, labels=("fp32 baseline", "inference form")))
     forms = getattr(served, "torchshrink_inference", {})
     print_fn("layers: " + ", ".join(f"{k}: {r['chosen']}" for k, r in forms.items()))
+    if html is not None:
+        print_fn(f"wrote the report page {html}")
     print_fn(f"demo finished in {seconds:.0f} s")
     return {"before": before, "after": after, "inference": inference, "compression": how,
-            "seconds": seconds, "files": [str(base_path), str(small_path)]}
+            "seconds": seconds, "files": [str(base_path), str(small_path)] + ([str(html)] if html is not None else [])}

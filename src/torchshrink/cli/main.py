@@ -16,13 +16,14 @@ import torchshrink.cli.eval as eval_cmd
 import torchshrink.cli.export as export
 import torchshrink.cli.inspect as inspect
 import torchshrink.cli.plan as plan
+import torchshrink.cli.report as report
 import torchshrink.cli.train as train
 from torchshrink.cli.errors import USAGE_EXIT, UsageError, one_line, run_guarded
 from torchshrink.cli.options import SCHEME, Parser
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = (train, eval_cmd, inspect, compress, export, bench, plan, demo)
+COMMANDS = (train, eval_cmd, inspect, compress, export, bench, plan, report, demo)
 
 
 def build_parser() -> Parser:

@@ -9,6 +9,7 @@ One name, one meaning, in every subcommand:
   --trace-batch N    the example batch export traces and checks with (export)
   --out PATH         the file a command writes (demo: the directory it writes into)
   --report PATH      a JSON report file
+  --html PATH        an HTML report page (tables, plots, energy estimate)
   --json             the result as JSON on stdout; human-readable lines go to stderr
   --quiet            no progress bars
 """
@@ -26,12 +27,14 @@ __all__ = [
     "SCHEME",
     "Parser",
     "add_baseline",
+    "add_html",
     "add_json",
     "add_quiet",
     "add_report",
     "add_seed",
     "add_training",
     "batch_list",
+    "non_negative_int",
     "positive_float",
     "positive_int",
     "seed_int",
@@ -104,6 +107,22 @@ def add_seed(p: argparse.ArgumentParser) -> None:
 
 def add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="JSON report file to write (checked before any work)")
+
+
+def add_html(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--html", default=None, metavar="PATH",
+                   help="also write an HTML report page: before/after, per layer, file bytes, energy "
+                        "(checked before any work)")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def add_training(p: argparse.ArgumentParser, *, what: str = "training") -> None:

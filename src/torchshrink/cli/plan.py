@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the best model to this artifact (F.tsz)")
     options.add_report(p)
     p.add_argument("--plot", default=None, help="PNG of bytes against accuracy for every candidate")
+    options.add_html(p)
     options.add_json(p)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
                    lr=args.lr)
     recipes = [ts.load_recipe(r) for r in args.recipe] if args.recipe else None
-    for flag in ("out", "report", "plot"):
+    for flag in ("out", "report", "plot", "html"):
         if getattr(args, flag):
             prepare_output(getattr(args, flag), f"--{flag}")
     b = baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
@@ -76,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
             report["baseline_test_accuracy"] = b.accuracy(b.model)
             say(f"wrote {args.out}: test accuracy {test_acc:.2f}% read back from the file "
                 f"(baseline {report['baseline_test_accuracy']:.2f}%), {os.path.getsize(args.out):,} bytes")
+    if args.html:
+        if res.model is None:
+            say(f"no report page {args.html}: no candidate meets the budget")
+        else:
+            from torchshrink.report import report as html_report
+
+            html_report(args.out if args.out else res.model, before=b.model, out=args.html, example=example[:1],
+                        evaluate=b.accuracy, plan=res, batch_sizes=(args.batch,), energy_batches=(args.batch,))
+            report["html"] = args.html
+            say(f"wrote the report page {args.html}")
     if args.plot:
         res.plot(args.plot)
         say(f"wrote {args.plot}")
