@@ -44,3 +44,22 @@ def test_out_of_range_codes_are_rejected() -> None:
         pack(torch.tensor([16]), 4)
     with pytest.raises(ConfigError, match="1..8 bits"):
         pack(torch.tensor([1]), 9)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int8_per_row_layers_scale_the_output_not_the_weight(symmetric: bool) -> None:
+    """The int8 per-channel path (codes cast once, scale and zero point applied to the output)
+    computes what the decoded weight computes, up to float summation order."""
+    from torch import nn
+
+    import torchshrink as ts
+
+    torch.manual_seed(0)
+    q = ts.quantize(nn.Sequential(nn.Linear(96, 40)), ts.WeightOnly(bits=8, group_size=None,
+                                                                    symmetric=symmetric)).eval()
+    layer = q[0]
+    x = torch.randn(5, 3, 96)
+    assert layer._per_row_int8(x)
+    with torch.no_grad():
+        ref = nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_choice
@@ -33,6 +34,7 @@ from torchshrink.quant.fake import (
     group_rows,
     h_blocks_for,
     num_groups,
+    qrange,
     quantize_codes,
     shares_values,
 )
@@ -141,10 +143,27 @@ class WeightOnlyLayer(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.to(x.dtype)
             return y.reshape(*x.shape[:-1], n)
+        if self._per_row_int8(x):
+            return self._int8_rows(x)
         dt = compute_dtype(x, self.scale)
         w = self.dequantized_weight().to(dt)
         b = None if self.bias is None else self.bias.to(dt)
         return run_op(self.op, x, w, b)
+
+    def _per_row_int8(self, x: torch.Tensor) -> bool:
+        return (self.bits == 8 and self.op["kind"] == "linear" and self.col_scale is None
+                and self.scale.shape[0] == self.shape[0] and x.is_floating_point())
+
+    def _int8_rows(self, x: torch.Tensor) -> torch.Tensor:
+        # One scale per output row, w = (c + qmin - zero) * s, so x w^T = (x c^T + (qmin - zero) sum(x)) * s:
+        # the codes are cast once and the scale applied to the output, not to every weight.
+        # Equal to the decoded weight's product up to float summation order.
+        qmin, _ = qrange(8, self.symmetric)
+        c = self.packed.view(self.shape).to(x.dtype)
+        offset = qmin - (0.0 if self.zero_point is None else self.zero_point.reshape(-1).to(x.dtype))
+        y = F.linear(x, c)
+        y = (y + x.sum(-1, keepdim=True) * offset) * self.scale.reshape(-1).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:
         out = {"weight": self.dequantized_weight()}
