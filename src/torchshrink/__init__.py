@@ -34,6 +34,7 @@ __all__ = [
     "cluster",
     "data",
     "evaluate",
+    "evaluate_lm",
     "factorize",
     "fit",
     "get_method",
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 # --- measuring: size, MACs, latency, task metrics ---
-from torchshrink.measure import Report, compare, measure  # noqa: E402
+from torchshrink.measure import Report, compare, evaluate_lm, measure  # noqa: E402
 
 __all__ += ["Report", "compare", "measure"]
 # --- the artifact file ---

@@ -136,3 +136,34 @@ def test_h_blocks_are_the_diagonal_blocks() -> None:
     blocks = h_blocks_for(h, "group", 2)
     assert blocks.shape == (3, 2, 2)
     assert torch.equal(blocks[1], h[2:4, 2:4])
+
+
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_act_order_codes_stay_on_their_groups_and_do_not_lose_on_skewed_inputs(group_size: int | None) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(32, 64)
+    x = _correlated_inputs(1024, 64) * torch.logspace(1, -1, 64)[torch.randperm(64)]  # energy in shuffled columns
+    h = x.T @ x
+    out = {}
+    for desc in (False, True):
+        codes, scale, zero = gptq_codes(w, h, bits=3, symmetric=True, granularity="group" if group_size else "channel",
+                                        group_size=group_size, desc_act=desc)
+        deq = dequantize_codes(codes, scale, zero, 3, True).reshape(32, 64)
+        out[desc] = float(((x @ (deq - w).T) ** 2).mean())
+        assert int(codes.min()) >= 0 and int(codes.max()) < 8
+    assert out[True] <= 1.05 * out[False], out
+
+
+def test_desc_act_through_weight_only() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(128, 64)
+    x = _correlated_inputs(2048, 128)
+    data = [x[i : i + 256] for i in range(0, 2048, 256)]
+    q = ts.quantize(nn.Sequential(copy.deepcopy(layer)),
+                    ts.WeightOnly(bits=3, group_size=32, algorithm="gptq", desc_act=True), calibration=data,
+                    progress=False)
+    r = ts.quantize(nn.Sequential(copy.deepcopy(layer)), ts.WeightOnly(bits=3, group_size=32, algorithm="rtn"),
+                    calibration=data, progress=False)
+    with torch.no_grad():
+        ref = layer(x)
+        assert float((q(x) - ref).pow(2).mean()) < 0.7 * float((r(x) - ref).pow(2).mean())

@@ -8,6 +8,7 @@
 from torchshrink.measure.core import measure
 from torchshrink.measure.latency import LatencyStats, num_threads, time_forward
 from torchshrink.measure.macs import count_macs, register_mac_formula, slice_batch
+from torchshrink.measure.perplexity import evaluate_lm
 from torchshrink.measure.report import Report, compare, format_table
 from torchshrink.measure.resident import resident_bytes
 from torchshrink.measure.weights import LayerRow, effective_tensors, execution_label, layer_rows
@@ -19,6 +20,7 @@ __all__ = [
     "compare",
     "count_macs",
     "effective_tensors",
+    "evaluate_lm",
     "execution_label",
     "format_table",
     "layer_rows",

@@ -26,21 +26,23 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from torchshrink.batches import call_model, iter_calibration, to_device, unwrap_batch
 from torchshrink.errors import ConfigError
+from torchshrink.nn.calib import InputStats, input_features
 from torchshrink.prune.mask import weight_of
 from torchshrink.train import default_loss
 
 __all__ = ["Criterion", "CRITERIA", "DATA_CRITERIA", "LABEL_CRITERIA", "weight_scores", "require_data",
-           "input_features", "collect_inputs"]
+           "input_features", "collect_inputs",
+           "scores_from_stats", "INPUT_CRITERIA"]
 
 Criterion = Literal["l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs"]
 CRITERIA: tuple[str, ...] = ("l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs")
 DATA_CRITERIA = frozenset({"activation", "wanda", "apoz", "taylor", "fisher", "obs"})
 LABEL_CRITERIA = frozenset({"taylor", "fisher"})
+INPUT_CRITERIA = frozenset({"activation", "wanda", "apoz", "obs"})  # from input statistics alone
 
 
 def require_data(criterion: str, calibration: Iterable[Any] | None, *, method: str = "ts.prune") -> None:
@@ -60,60 +62,10 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def input_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer input as rows of the weight's column space: (rows, in_features) for Linear,
-    (rows, in_channels*kh*kw) unfolded patches for Conv2d, (rows, in*k) for Conv1d."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ConfigError(f"grouped Conv2d (groups={module.groups}) is not supported by this criterion")
-        cols = F.unfold(x, module.kernel_size, module.dilation,
-                        module.padding if not isinstance(module.padding, str) else 0, module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    if isinstance(module, nn.Conv1d):
-        if module.groups != 1:
-            raise ConfigError(f"grouped Conv1d (groups={module.groups}) is not supported by this criterion")
-        cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.dilation[0]),
-                        (0, module.padding[0] if not isinstance(module.padding, str) else 0), (1, module.stride[0]))
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    raise ConfigError(f"criterion cannot read inputs of {type(module).__name__}")
-
-
-class _InputStats:
-    """Per-input-column statistics of a layer's input, accumulated by a forward pre-hook."""
-
-    def __init__(self, module: nn.Module, want_hessian: bool) -> None:
-        self.module = module
-        self.want_hessian = want_hessian
-        self.rows = 0
-        self.abs_sum: torch.Tensor | None = None
-        self.sq_sum: torch.Tensor | None = None
-        self.nonzero: torch.Tensor | None = None
-        self.hessian: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        x = args[0].detach()
-        rows = input_features(module, x.float())
-        if self.abs_sum is None:
-            n = rows.shape[1]
-            self.abs_sum = rows.new_zeros(n)
-            self.sq_sum = rows.new_zeros(n)
-            self.nonzero = rows.new_zeros(n)
-            if self.want_hessian:
-                self.hessian = rows.new_zeros(n, n)
-        self.abs_sum += rows.abs().sum(0)
-        self.sq_sum += rows.pow(2).sum(0)  # type: ignore[operator]
-        self.nonzero += (rows != 0).float().sum(0)  # type: ignore[operator]
-        if self.hessian is not None:
-            self.hessian += rows.T @ rows
-        self.rows += rows.shape[0]
-
-
 def collect_inputs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any],
-                   *, hessian: bool = False, limit: int | None = None) -> dict[str, _InputStats]:
+                   *, hessian: bool = False, limit: int | None = None) -> dict[str, InputStats]:
     """Run calibration batches and gather per-column input statistics for each layer."""
-    stats = {n: _InputStats(m, hessian) for n, m in layers}
+    stats = {n: InputStats(m, hessian) for n, m in layers}
     handles = [m.register_forward_pre_hook(stats[n]) for n, m in layers]
     dev = _device(model)
     was = model.training
@@ -200,24 +152,28 @@ def weight_scores(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], cri
             return {n: (w * g[n]).abs() for n, w in ws.items()}
         return {n: 0.5 * w.pow(2) * g2[n] for n, w in ws.items()}
     stats = collect_inputs(model, layers, calibration, hessian=criterion == "obs", limit=limit)
-    out: dict[str, torch.Tensor] = {}
-    for n, w in ws.items():
-        s = stats[n]
-        assert s.abs_sum is not None and s.sq_sum is not None and s.nonzero is not None
-        if criterion == "activation":
-            col = s.abs_sum / s.rows
-        elif criterion == "wanda":
-            col = s.sq_sum.sqrt()
-        elif criterion == "apoz":
-            col = s.nonzero / s.rows
-        else:  # obs: saliency w^2 / [H^-1]_jj of removing one weight, H = X^T X / rows + damping
-            assert s.hessian is not None
-            h = s.hessian / s.rows
-            h = h + damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(h.shape[0], device=h.device)
-            l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(h.shape[0], device=h.device),
-                                                  upper=False)
-            hinv_diag = l_inv.pow(2).sum(0)  # diag(L^-T L^-1)
-            out[n] = w.reshape(w.shape[0], -1).pow(2).div(hinv_diag).reshape(w.shape)
-            continue
-        out[n] = w.abs() * _expand_cols(col, w)
-    return out
+    return {n: scores_from_stats(criterion, w, stats[n], damping=damping) for n, w in ws.items()}
+
+
+def scores_from_stats(criterion: str, weight: torch.Tensor, s: InputStats, *, damping: float = 0.01) -> torch.Tensor:
+    """The importance of every entry of `weight` (float, detached) from its layer's input
+    statistics, for the input-driven criteria (activation, wanda, apoz, obs)."""
+    w = weight
+    assert s.abs_sum is not None and s.sq_sum is not None and s.nonzero is not None
+    if criterion == "activation":
+        col = s.abs_sum / s.rows
+    elif criterion == "wanda":
+        col = s.sq_sum.sqrt()
+    elif criterion == "apoz":
+        col = s.nonzero / s.rows
+    elif criterion == "obs":  # saliency w^2 / [H^-1]_jj of removing one weight, H = X^T X / rows + damping
+        assert s.hessian is not None
+        h = s.hessian / s.rows
+        h = h + damping * h.diagonal().mean().clamp_min(1e-8) * torch.eye(h.shape[0], device=h.device)
+        l_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(h.shape[0], device=h.device),
+                                              upper=False)
+        hinv_diag = l_inv.pow(2).sum(0)  # diag(L^-T L^-1)
+        return w.reshape(w.shape[0], -1).pow(2).div(hinv_diag).reshape(w.shape)
+    else:
+        raise ConfigError(f"criterion {criterion!r} is not computed from input statistics")
+    return w.abs() * _expand_cols(col, w)

@@ -18,12 +18,14 @@ from torch import nn
 from torchshrink.config import Config, check, check_choice, check_range
 from torchshrink.errors import ConfigError
 from torchshrink.nn import check_per_layer_patterns, resolve_per_layer, select_layers
+from torchshrink.nn.calib import InputStats, Propagate, calibrate_sequentially
 from torchshrink.nn.select import expand
 from torchshrink.prune.criteria import (
     CRITERIA,
+    INPUT_CRITERIA,
     Criterion,
-    collect_inputs,
     require_data,
+    scores_from_stats,
     weight_scores,
 )
 from torchshrink.prune.mask import mask_of, set_mask, weight_of
@@ -60,18 +62,24 @@ def prune_unstructured(
     criterion: str = "l1",
     calibration: Iterable[Any] | None = None,
     calibration_batches: int | None = 8,
+    blocks: Sequence[str] | None = None,
+    propagate: Propagate = "compressed",
 ) -> dict[str, float]:
     """Mask `layers` so each reaches its sparsity exactly; returns {layer: achieved sparsity}.
 
     scope="global": layers without a per_layer entry share one threshold and together reach
     `sparsity` (counted over their weights); per_layer entries are always per layer.
+
+    Input-driven criteria per layer (obs = SparseGPT, wanda, activation, apoz) run block by
+    block (`nn.calib`): each block is measured on the outputs of the pruned blocks before it.
     """
     require_data(criterion, calibration)
     targets = {n: float(resolve_per_layer(n, per_layer, sparsity, layers)) for n, _ in layers}
-    if criterion == "obs":
-        if scope == "global":
-            raise ConfigError("criterion 'obs' updates weights layer by layer; use scope='layer' with it")
-        _prune_obs(model, layers, targets, calibration, calibration_batches)
+    if criterion == "obs" and scope == "global":
+        raise ConfigError("criterion 'obs' updates weights layer by layer; use scope='layer' with it")
+    if criterion in INPUT_CRITERIA and scope == "layer":
+        assert calibration is not None
+        _prune_sequential(model, layers, targets, criterion, calibration, calibration_batches, blocks, propagate)
     else:
         scores = weight_scores(model, layers, criterion, calibration, limit=calibration_batches)
         fixed = {n for p in (per_layer or {}) for n in expand(p, layers)}
@@ -101,20 +109,29 @@ def _with_old(score: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return torch.where(old, score.float(), torch.full_like(score.float(), -float("inf")))
 
 
-def _prune_obs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], targets: Mapping[str, float],
-               calibration: Iterable[Any] | None, limit: int | None) -> None:
+def _prune_sequential(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], targets: Mapping[str, float],
+                      criterion: str, calibration: Iterable[Any], limit: int | None, blocks: Sequence[str] | None,
+                      propagate: Propagate) -> None:
     from torchshrink.nn import params
 
-    assert calibration is not None
-    stats = collect_inputs(model, layers, calibration, hessian=True, limit=limit)
-    for n, m in layers:
-        s = stats[n]
-        assert s.hessian is not None
-        w = weight_of(m).detach()
-        new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, targets[n], keep=mask_of(m))
-        with torch.no_grad():
-            params.original(m).copy_(new_w.reshape(w.shape))
-        set_mask(m, keep.reshape(w.shape))
+    by_name = dict(layers)
+
+    def compress(stats: dict[str, InputStats]) -> None:
+        for n, s in stats.items():
+            m = by_name[n]  # not s.module: layers reading one input share one statistics object
+            w = weight_of(m).detach()
+            if criterion == "obs":
+                assert s.hessian is not None
+                new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, targets[n], keep=mask_of(m))
+                with torch.no_grad():
+                    params.original(m).copy_(new_w.reshape(w.shape))
+                set_mask(m, keep.reshape(w.shape))
+            else:
+                k = round(targets[n] * w.numel())
+                set_mask(m, lowest_k_mask(scores_from_stats(criterion, w.float(), s), k, mask_of(m)))
+
+    calibrate_sequentially(model, layers, calibration, compress, limit=limit, hessian=criterion == "obs",
+                           blocks=blocks, propagate=propagate)
 
 
 def _apply(model: nn.Module, config: MagnitudePruning, ctx: Context) -> nn.Module:
@@ -125,7 +142,8 @@ def _apply(model: nn.Module, config: MagnitudePruning, ctx: Context) -> nn.Modul
                           f"(targets={config.targets}, ignore={list(config.ignore)})")
     prune_unstructured(model, layers, sparsity=config.sparsity, scope=config.scope, per_layer=config.per_layer,
                        criterion=config.criterion, calibration=ctx.calibration,
-                       calibration_batches=config.calibration_batches)
+                       calibration_batches=config.calibration_batches, blocks=config.blocks,
+                       propagate=config.propagate)
     return model
 
 
@@ -140,6 +158,11 @@ class MagnitudePruning(Config):
     targets / ignore: glob (or `re:`) patterns on layer names.
     criterion: how weights are ranked; see `torchshrink.prune.criteria` ("l1" needs no data).
     calibration_batches: how many calibration batches data-driven criteria read.
+    blocks: module names of the model's blocks in forward order, for the input-driven criteria
+        (obs, wanda, activation, apoz), which prune block by block; None finds them (Hugging
+        Face and torchshrink transformers) or, where none is known, goes group by group.
+    propagate: "compressed" feeds each block the outputs of the pruned blocks before it (as
+        SparseGPT does); "original" feeds it the unpruned model's activations.
     """
 
     sparsity: float = 0.5
@@ -149,6 +172,8 @@ class MagnitudePruning(Config):
     ignore: tuple[str, ...] = ()
     criterion: Criterion = "l1"
     calibration_batches: int = 8
+    blocks: tuple[str, ...] | None = None
+    propagate: Literal["compressed", "original"] = "compressed"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,3 +183,4 @@ class MagnitudePruning(Config):
         for pattern, value in self.per_layer.items():
             _check_sparsity(f"per_layer[{pattern!r}]", value)
         check(self.calibration_batches >= 1, f"calibration_batches must be >= 1, got {self.calibration_batches}")
+        check_choice("propagate", self.propagate, ("compressed", "original"))

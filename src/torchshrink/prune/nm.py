@@ -17,11 +17,13 @@ from torch import nn
 from torchshrink.config import Config, check, check_choice
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers
+from torchshrink.nn.calib import InputStats, calibrate_sequentially
 from torchshrink.prune.criteria import (
     CRITERIA,
+    INPUT_CRITERIA,
     Criterion,
-    collect_inputs,
     require_data,
+    scores_from_stats,
     weight_scores,
 )
 from torchshrink.prune.mask import PruningMask, mask_of, set_mask, weight_of
@@ -86,25 +88,35 @@ def _apply(model: nn.Module, config: NMPruning, ctx: Context) -> nn.Module:
             f"layers: {[n for n, _ in layers]}"
         )
     skipped = [n for n, _ in layers if n not in {k for k, _ in ok}]
-    if config.criterion == "obs":
-        assert ctx.calibration is not None
-        stats = collect_inputs(model, ok, ctx.calibration, hessian=True, limit=config.calibration_batches)
-        for name, mod in ok:
-            s = stats[name]
-            assert s.hessian is not None
+    def put(name: str, mod: nn.Module, scores: torch.Tensor) -> None:
+        w = weight_of(mod)
+        keep = nm_mask(scores.reshape(w.shape[0], -1), config.n, config.m).reshape(w.shape)
+        old = mask_of(mod)
+        set_mask(mod, keep if old is None else keep & old)
+
+    by_name = dict(ok)
+
+    def compress(stats: dict[str, InputStats]) -> None:  # one block (or layer group) at a time
+        for name, s in stats.items():
+            mod = by_name[name]
             w = weight_of(mod).detach()
-            new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, 0.0,
-                                    nm=(config.n, config.m))
+            if config.criterion != "obs":
+                put(name, mod, scores_from_stats(config.criterion, w.float(), s))
+                continue
+            assert s.hessian is not None
+            new_w, keep = obs_prune(w.reshape(w.shape[0], -1), s.hessian / s.rows, 0.0, nm=(config.n, config.m))
             with torch.no_grad():
                 params.original(mod).copy_(new_w.reshape(w.shape))
             set_mask(mod, keep.reshape(w.shape))
+
+    if config.criterion in INPUT_CRITERIA:
+        assert ctx.calibration is not None
+        calibrate_sequentially(model, ok, ctx.calibration, compress, limit=config.calibration_batches,
+                               hessian=config.criterion == "obs", blocks=config.blocks)
     else:
         scores = weight_scores(model, ok, config.criterion, ctx.calibration, limit=config.calibration_batches)
         for name, mod in ok:
-            w = weight_of(mod)
-            keep = nm_mask(scores[name].reshape(w.shape[0], -1), config.n, config.m).reshape(w.shape)
-            old = mask_of(mod)
-            set_mask(mod, keep if old is None else keep & old)
+            put(name, mod, scores[name])
     object.__setattr__(model, "torchshrink_nm_skipped", skipped)
     if config.accelerate:
         accelerate_semi_structured(model)
@@ -117,7 +129,9 @@ class NMPruning(Config):
 
     Layers whose input width is not a multiple of m (and grouped convolutions) are skipped and
     listed in `model.torchshrink_nm_skipped`. accelerate: on CUDA with fp16/bf16 weights, run
-    2:4 layers on the semi-structured sparse kernels.
+    2:4 layers on the semi-structured sparse kernels. blocks: module names of the model's
+    blocks for the input-driven criteria (obs = SparseGPT 2:4, wanda, ...), which prune block
+    by block on the outputs of the pruned blocks before; None finds them.
     """
 
     n: int = 2
@@ -127,6 +141,7 @@ class NMPruning(Config):
     criterion: Criterion = "l1"
     calibration_batches: int = 8
     accelerate: bool = True
+    blocks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -125,24 +125,42 @@ def grid_params(rows: torch.Tensor, bits: int, symmetric: bool, method: WeightMe
     scale, zero = _scale_zero(lo, hi, bits, symmetric)
     if method == "minmax":
         return scale, zero
-    best_err = torch.full_like(scale, float("inf"))
-    best_s, best_z = scale, zero
-    for i in range(steps):
-        ratio = 1.0 - 0.7 * i / steps  # clip between 100% and 30% of the observed range
-        s, z = _scale_zero(lo * ratio, hi * ratio, bits, symmetric)
-        d = fake_quantize(rows, s, z, bits, symmetric) - rows
-        err = d.pow(2).sum(1, keepdim=True) if h_blocks is None else _output_error(d, h_blocks)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s, best_s)
-        best_z = torch.where(better, z, best_z)
-    return best_s, best_z
+    ratios = 1.0 - 0.7 * torch.arange(steps, dtype=torch.float32, device=rows.device) / steps  # 100% .. 30%
+    nb = 1 if h_blocks is None else h_blocks.shape[0]
+    # All candidate ratios at once, over chunks of rows small enough to stay in cache: the
+    # search is a few elementwise passes per candidate, so memory traffic is what it costs.
+    chunk = max(nb, (_CHUNK_ELEMENTS // max(1, steps * rows.shape[1])) // nb * nb)
+    best = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    for r0 in range(0, rows.shape[0], chunk):
+        part = rows[r0:r0 + chunk]
+        s, z = _scale_zero(lo[r0:r0 + chunk] * ratios[:, None, None], hi[r0:r0 + chunk] * ratios[:, None, None],
+                           bits, symmetric)  # (steps, chunk rows, 1)
+        d = _rounding_error(part, s, z, bits, symmetric)  # (steps, chunk rows, width)
+        if h_blocks is None:
+            err = torch.linalg.vector_norm(d, dim=-1)  # monotone in the squared error, and faster
+        else:
+            by_block = d.reshape(steps, -1, nb, d.shape[-1])  # row r meets block r % nb
+            err = torch.einsum("sobk,bkl,sobl->sob", by_block, h_blocks, by_block).reshape(steps, -1)
+        best[r0:r0 + chunk] = err.argmin(0)  # the first minimum: the widest range among equals
+    ratio = ratios[best][:, None]
+    return _scale_zero(lo * ratio, hi * ratio, bits, symmetric)
 
 
-def _output_error(d: torch.Tensor, h_blocks: torch.Tensor) -> torch.Tensor:
-    nb = h_blocks.shape[0]
-    by_block = d.reshape(-1, nb, d.shape[1])  # (out rows, blocks, width): row r is block r % nb
-    return torch.einsum("obk,bkl,obl->ob", by_block, h_blocks, by_block).reshape(-1, 1)
+_CHUNK_ELEMENTS = 1 << 18  # candidate x row x column values per chunk of the clip search (1 MiB)
+
+
+def _rounding_error(rows: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """fake_quantize(rows) - rows on every candidate grid (s, z: (candidates, rows, 1)), in place
+    on one temporary, with the operations of `fake_quantize` (so the same values)."""
+    qmin, qmax = qrange(bits, symmetric)
+    q = rows / s
+    q.round_()
+    if not symmetric:
+        q.add_(z)
+    q.clamp_(qmin, qmax)
+    if not symmetric:
+        q.sub_(z)
+    return q.mul_(s).sub_(rows)
 
 
 def h_blocks_for(hessian: torch.Tensor, granularity: Granularity, group_size: int | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check, check_choice
 from torchshrink.errors import ConfigError, UnsupportedModelError
 from torchshrink.nn import coverage, get_module, params, select_layers, set_module
+from torchshrink.nn.calib import InputStats, calibrate_sequentially
 from torchshrink.nn.kinds import tied_groups
 from torchshrink.progress import progress_bar
 from torchshrink.quant.awq import awq_column_scale
@@ -38,7 +39,7 @@ from torchshrink.quant.fake import (
     quantize_codes,
     shares_values,
 )
-from torchshrink.quant.gptq import gptq_codes, next_hessians
+from torchshrink.quant.gptq import gptq_codes
 from torchshrink.quant.layers import (
     DecodedOp,
     LayerOp,
@@ -211,7 +212,8 @@ def data_aware_eligible(m: nn.Module) -> bool:
 def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric: bool = True,
                                group_size: int | None = None, method: WeightMethod = "minmax",
                                hessian: torch.Tensor | None = None, damping: float = 0.01,
-                               algorithm: Literal["rtn", "gptq", "awq"] = "gptq") -> WeightOnlyLayer:
+                               algorithm: Literal["rtn", "gptq", "awq"] = "gptq",
+                               desc_act: bool = False) -> WeightOnlyLayer:
     """Pack one layer. A FakeQuant already on the weight (after QAT) fixes the grid; otherwise
     the grid comes from `method`, and with `hessian` (the layer's input X^T X) the codes come
     from `algorithm` (GPTQ, or AWQ's activation-aware column scaling) instead of rounding to
@@ -237,7 +239,7 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
             keep_zero = (w == 0) if chain else None  # a parametrized weight's zeros are pruned: keep them
             codes, scale, zero = gptq_codes(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
                                             group_size=group_size, method=method, keep_zero=keep_zero,
-                                            damping=damping)
+                                            damping=damping, desc_act=desc_act)
         else:
             h = hessian
             if hessian is not None and granularity != "tensor" and algorithm == "awq":
@@ -321,8 +323,8 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
         q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
                                        group_size=groups[name], method=config.clip, hessian=hessian,
-                                       damping=config.damping,
-                                       algorithm=config.algorithm)
+                                       damping=config.damping, algorithm=config.algorithm,
+                                       desc_act=config.desc_act)
         done[name] = q
         # Until every layer is done, a float stand-in computes with the quantized weight, so the
         # calibration passes after it do not unpack codes on every call.
@@ -335,12 +337,17 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         for name, m in layers:  # rounded to nearest first, so the GPTQ layers after them see their error
             if all(name != n for n, _ in pending):
                 put(name, m, None)
-        while pending:  # in forward order, a group of layers sharing one input per pass
+        by_name = dict(pending)
+
+        def compress(stats: dict[str, InputStats]) -> None:
+            for name, s in stats.items():
+                put(name, by_name[name], s.hessian)
+
+        if pending:  # block by block, each measured on the outputs of the quantized blocks before it
             assert ctx.calibration is not None
-            hessians = next_hessians(model, pending, ctx.calibration, limit=config.calibration_batches)
-            for name, m in [(n, m) for n, m in pending if n in hessians]:
-                put(name, m, hessians[name])
-            pending = [(n, m) for n, m in pending if n not in hessians]
+            calibrate_sequentially(model, pending, ctx.calibration, compress, limit=config.calibration_batches,
+                                   hessian=True, blocks=config.blocks, propagate=config.propagate,
+                                   true_sequential=config.true_sequential)
     except BaseException:
         for name, m in layers:  # nothing half-done: the original layers go back
             set_module(model, name, m)
@@ -416,6 +423,10 @@ class WeightOnly(Config):
     cpu_kernel: bool | None = None
     calibration_batches: int = 32
     damping: float = 0.01
+    desc_act: bool = False
+    blocks: tuple[str, ...] | None = None
+    propagate: Literal["compressed", "original"] = "compressed"
+    true_sequential: bool = False
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     strict: bool = False
@@ -428,6 +439,7 @@ class WeightOnly(Config):
         check_choice("algorithm", self.algorithm, ("rtn", "gptq", "awq"))
         check(self.calibration_batches >= 1, f"calibration_batches must be >= 1, got {self.calibration_batches}")
         check(0.0 < self.damping < 1.0, f"damping must be in (0, 1), got {self.damping}")
+        check_choice("propagate", self.propagate, ("compressed", "original"))
 
     @classmethod
     def example(cls) -> WeightOnly:
