@@ -46,6 +46,7 @@ class PlanResult:
     pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     recipe: Any = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    database: Any = None  # the option database, to solve another budget: plan(..., database=)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"search": self.search, "baseline": self.baseline.to_dict(),
