@@ -205,3 +205,25 @@ def test_plan_picks_a_recipe_within_budget_and_writes_it(capsys: pytest.CaptureF
 def test_plan_without_a_budget_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "plan", "--model", "lenet300", "--data", "synthetic")
     assert code == 2 and "give a budget: --max-bytes and/or --max-latency" in err
+
+
+@pytest.mark.slow
+def test_plan_joint_writes_a_file_in_budget_and_its_recipe(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out, report, recipe = tmp_path / "joint.tsz", tmp_path / "plan.json", tmp_path / "plan.yaml"
+    code, text, _ = run(capsys, "plan", "--model", "lenet300", "--data", "synthetic", "--epochs", "1",
+                        "--max-bytes", "0.05", "--search", "joint", "--out", str(out), "--report", str(report),
+                        "--recipe-out", str(recipe), "--quiet")
+    assert code == 0, text
+    data = json.loads(report.read_text())
+    assert data["search"] == "joint" and len(data["per_layer"]) == 3
+    assert out.stat().st_size <= data["budget"]["max_bytes"]
+    assert "per layer:" in text and "read back from the file" in text
+    import torchshrink as ts
+
+    assert len(ts.load_recipe(str(recipe)).stages) >= 1
+
+
+def test_plan_joint_only_flags_need_search_joint(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "--model", "lenet300", "--data", "synthetic", "--max-bytes", "0.1",
+                       "--finetune", "2")
+    assert code == 2 and "--finetune belong to the joint search: add --search joint" in err

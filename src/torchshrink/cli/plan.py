@@ -1,5 +1,6 @@
-"""`torchshrink plan`: train or load a baseline, measure candidate recipes, keep the best one
-within a size/latency budget. Candidates are chosen on the validation split; the winner's test
+"""`torchshrink plan`: train or load a baseline, then either measure candidate recipes and keep
+the best one within a size/latency budget (`--search menu`), or choose one option per layer
+jointly under the budget (`--search joint`: option database, dynamic program, verified file). Candidates are chosen on the validation split; the winner's test
 accuracy is then taken once, on the file read back, so the choice does not peek at the test set."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torchshrink.cli.paths import prepare_output, write_text
 from torchshrink.errors import ConfigError
 
 NAME = "plan"
-HELP = "measure candidate recipes and keep the best within a size/latency budget"
+HELP = "compress to a size/latency budget: the best menu recipe, or a joint per-layer plan (--search joint)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file size budget: <= 1 is a fraction of the baseline file, larger is bytes")
     p.add_argument("--max-latency", type=options.positive_float, default=None,
                    help="latency budget: <= 1 is a fraction of the baseline, larger is milliseconds")
+    p.add_argument("--max-macs", type=options.positive_float, default=None,
+                   help="MAC budget (--search joint): <= 1 is a fraction of the baseline, larger is MACs")
+    p.add_argument("--search", choices=("menu", "joint"), default="menu",
+                   help="menu: run whole-model recipes, keep the best in budget (default); joint: choose "
+                        "sparsity, bits, k-means bits or SVD rank per layer under the budget")
+    p.add_argument("--finetune", type=options.positive_int, default=None,
+                   help="--search joint: epochs of fine-tuning after applying the plan")
+    p.add_argument("--finetune-lr", type=options.positive_float, default=1e-3,
+                   help="--search joint: learning rate of that fine-tuning (default 0.001)")
+    p.add_argument("--recipe-out", default=None,
+                   help="--search joint: write the YAML recipe that reproduces the plan")
     p.add_argument("--recipe", action="append", default=None,
                    help="a candidate recipe: a YAML file or a bundled name (repeat for several; "
                         "default: the built-in menu)")
@@ -45,14 +57,22 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout)
 
-    if args.max_bytes is None and args.max_latency is None:
+    if args.max_bytes is None and args.max_latency is None and args.max_macs is None:
         raise ConfigError("give a budget: --max-bytes and/or --max-latency (<= 1: a fraction of the baseline)")
+    joint = args.search == "joint"
+    if not joint:
+        used = [f for f, v in (("--max-macs", args.max_macs), ("--finetune", args.finetune),
+                               ("--recipe-out", args.recipe_out)) if v is not None]
+        if used:
+            raise ConfigError(f"{', '.join(used)} belong to the joint search: add --search joint")
+    elif args.recipe:
+        raise ConfigError("--recipe gives candidates to --search menu; --search joint chooses per layer itself")
     check_baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
                    lr=args.lr)
     recipes = [ts.load_recipe(r) for r in args.recipe] if args.recipe else None
-    for flag in ("out", "report", "plot", "html"):
+    for flag in ("out", "report", "plot", "html", "recipe_out"):
         if getattr(args, flag):
-            prepare_output(getattr(args, flag), f"--{flag}")
+            prepare_output(getattr(args, flag), f"--{flag.replace('_', '-')}")
     b = baseline(model_name=args.model, data_name=args.data, checkpoint=args.checkpoint, epochs=args.epochs,
                  lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, print_fn=say)
 
@@ -60,11 +80,21 @@ def run(args: argparse.Namespace) -> int:
         return float(ts.evaluate(m, b.val)["accuracy"])
 
     example = next(iter(b.test))[0][: args.batch]
+    extra: dict[str, Any] = {}
+    if joint:
+        extra = {"search": "joint", "max_macs": args.max_macs, "finetune": args.finetune or 0,
+                 "finetune_lr": args.finetune_lr}
     res = ts.plan.plan(b.model, recipes, evaluate=val_accuracy, max_bytes=args.max_bytes,
                   max_latency=args.max_latency, example=example, train=b.train, val=b.val, calibration=b.train,
-                  progress=not args.quiet)
+                  progress=not args.quiet, **extra)
     say(res.table())
     report: dict[str, Any] = res.to_dict()
+    if joint:
+        report.pop("database", None)
+        say("\nper layer:\n" + _per_layer_table(res.per_layer))
+        if args.recipe_out and res.recipe is not None:
+            write_text(args.recipe_out, res.recipe.to_yaml(), "--recipe-out")
+            say(f"wrote {args.recipe_out} (the recipe that reproduces the plan: torchshrink compress --recipe)")
     if res.best is None:
         say("\nno candidate meets the budget; relax it or pass --recipe with stronger recipes")
     else:
@@ -95,3 +125,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     return 0 if res.best is not None else 1
+
+
+def _per_layer_table(rows: list[dict[str, Any]]) -> str:
+    from torchshrink.measure.report import format_table
+
+    body = [(r["layer"], r["option"], f"{r['bytes']:,}", f"{100 * r['bytes_share']:.1f}%", f"{r['error']:.3g}",
+             f"{100 * r['error_share']:.1f}%") for r in rows]
+    return format_table(("layer", "option", "bytes", "share", "error", "share"), body, right=(2, 3, 4, 5))
+

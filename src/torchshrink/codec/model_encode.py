@@ -85,7 +85,9 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint,
-                 candidates: list[Encoding]) -> tuple[str, bytes, dict[str, Any]]:
+                 candidates: list[Encoding], *, verify: bool = True) -> tuple[str, bytes, dict[str, Any]]:
+    """The smallest encoding of `tensor` that decodes bit-exactly. verify=False skips the
+    decode (a size estimate: an encoding that would fail the check may be picked)."""
     best: tuple[int, str, bytes, dict[str, Any]] | None = None
     shape = tuple(tensor.shape)
     for enc in candidates:
@@ -97,6 +99,11 @@ def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint,
             meta_cost = len(dumps(meta)) if meta else 0
             cost = len(payload) + meta_cost
             if best is not None and cost >= best[0]:
+                continue
+            if not verify:
+                best = (cost, enc.name, payload, meta)
+                if not payload:  # an empty stream (all zeros, a constant): no encoding is smaller
+                    break
                 continue
             decoded = enc.decode(payload, json.loads(dumps(meta)), shape, tensor.dtype)
         except ArtifactError:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Shapes", "record_shapes"]
+__all__ = ["Shapes", "record_inputs", "record_shapes"]
 
 
 @dataclasses.dataclass
@@ -39,3 +39,28 @@ def record_shapes(model: nn.Module, example: Any, types: tuple[type[nn.Module], 
         for h in hooks:
             h.remove()
     return shapes
+
+
+def record_inputs(model: nn.Module, batches: Any, names: list[str]) -> dict[str, torch.Tensor]:
+    """The first positional input of each named module over `batches` (an iterable of batches
+    as the model takes them), concatenated along the batch dimension, from eval-mode forwards."""
+    from torchshrink.batches import call_model
+
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = []
+    for name in names:
+        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen[name].append(args[0].detach())
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(v) for n, v in seen.items() if v}

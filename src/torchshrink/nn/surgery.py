@@ -6,7 +6,7 @@ from torch import nn
 
 from torchshrink.errors import ConfigError
 
-__all__ = ["get_module", "set_module", "parent_of"]
+__all__ = ["get_module", "set_module", "parent_of", "isolate"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -29,3 +29,22 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     old = getattr(parent, attr)
     setattr(parent, attr, new)
     return old
+
+
+def isolate(model: nn.Module, name: str) -> nn.Module:
+    """A bare model holding only a copy of `model.<name>`, at the same dotted path, so a method
+    config that targets `name` applies to it alone (no forward: methods that need one, or
+    calibration data, cannot run on it). Used to price variants of one layer cheaply."""
+    import copy
+
+    layer = get_module(model, name)
+    root = nn.Module()
+    node = root
+    parts = name.split(".")
+    for part in parts[:-1]:
+        child = nn.Module()
+        node.add_module(part, child)
+        node = child
+    node.add_module(parts[-1], copy.deepcopy(layer))
+    return root
+

@@ -1,4 +1,4 @@
-"""`ts.plan`: find the recipe that meets a size and/or latency budget with the least loss.
+"""`ts.plan(search="menu")`: find the recipe that meets a size and/or latency budget with the least loss.
 
 Every candidate recipe is run for real on a copy of the model (its fine-tune stages included)
 and measured the way a user would: the bytes of the artifact `ts.save` would write, the median
@@ -14,7 +14,6 @@ layer type a method does not support) are reported as skipped with the reason, n
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,103 +23,13 @@ from torch import nn
 
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError, ShrinkError
+from torchshrink.plan.result import Candidate, PlanResult
 from torchshrink.progress import progress_bar
 from torchshrink.recipe import Recipe, Stage, compress, load_recipe
 
-__all__ = ["Candidate", "PlanResult", "default_candidates", "plan"]
+__all__ = ["RecipeLike", "default_candidates", "plan_menu"]
 
 RecipeLike = Recipe | Config | Sequence[Config] | str | os.PathLike[str] | Mapping[str, Any]
-
-
-@dataclasses.dataclass
-class Candidate:
-    """One measured recipe. `skipped` holds the reason where the model could not take it."""
-
-    name: str
-    recipe: dict[str, Any]
-    file_bytes: int | None = None
-    latency_ms: float | None = None
-    metric: float | None = None
-    seconds: float = 0.0
-    meets_budget: bool = False
-    skipped: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class PlanResult:
-    baseline: Candidate
-    candidates: list[Candidate]
-    best: Candidate | None
-    model: nn.Module | None  # the best candidate's compressed model
-    budget: dict[str, float | None]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
-                "best": None if self.best is None else self.best.name, "budget": self.budget}
-
-    def table(self) -> str:
-        """A markdown table: every candidate against the baseline, the chosen one marked."""
-        from torchshrink.measure.report import format_table
-
-        b = self.baseline
-        rows = [("", "recipe", "file bytes", "smaller", "latency ms", "faster", "metric", "meets budget")]
-
-        def ratio(a: float | None, c: float | None) -> str:
-            return "-" if a is None or not c else f"{a / c:.2f}x"
-
-        for c in [b, *self.candidates]:
-            if c.skipped is not None:
-                rows.append(("", c.name, "-", "-", "-", "-", "-", f"skipped: {c.skipped}"))
-                continue
-            mark = "*" if self.best is not None and c is self.best else ""
-            rows.append((mark, c.name, f"{c.file_bytes:,}" if c.file_bytes is not None else "-",
-                         ratio(b.file_bytes, c.file_bytes),
-                         f"{c.latency_ms:.3f}" if c.latency_ms is not None else "-",
-                         ratio(b.latency_ms, c.latency_ms),
-                         f"{c.metric:.4g}" if c.metric is not None else "-",
-                         "baseline" if c is b else ("yes" if c.meets_budget else "no")))
-        return format_table(rows[0], rows[1:], right=(2, 3, 4, 5, 6))
-
-
-    def plot(self, path: str | os.PathLike[str]) -> None:
-        """File bytes (log scale) against the metric for every measured candidate, the
-        baseline and the budget marked, the winner ringed; written as PNG (needs matplotlib:
-        pip install 'torchshrink[plot]')."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # no display needed
-            import matplotlib.pyplot as plt
-        except ImportError as e:
-            raise ConfigError("PlanResult.plot needs matplotlib: pip install 'torchshrink[plot]'") from e
-        done = [c for c in self.candidates if c.skipped is None and c.file_bytes and c.metric is not None]
-        def xy(c: Candidate) -> tuple[float, float]:
-            return float(c.file_bytes or 0), float(c.metric if c.metric is not None else float("nan"))
-
-        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-        for i, c in enumerate(done, 1):
-            ax.scatter(*xy(c), color="tab:green" if c.meets_budget else "tab:gray", zorder=3)
-            ax.annotate(str(i), xy(c), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.scatter(*xy(self.baseline), marker="s", color="tab:blue", label="baseline", zorder=3)
-        if self.best is not None:
-            ax.scatter(*xy(self.best), s=220, facecolors="none", edgecolors="tab:red", linewidths=1.5,
-                       label="chosen", zorder=4)
-        if self.budget.get("max_bytes") is not None:
-            ax.axvline(float(self.budget["max_bytes"]), color="tab:red", linestyle="--", linewidth=1,  # type: ignore[arg-type]
-                       label="byte budget")
-        ax.set_xscale("log")
-        ax.set_xlabel("file bytes (log scale)")
-        ax.set_ylabel("metric (higher is better)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-        key = "\n".join(f"{i}: {c.name}" + ("" if c.meets_budget else " (over budget)") for i, c in enumerate(done, 1))
-        fig.text(0.01, -0.02, key, fontsize=7, va="top", family="monospace")
-        ax.set_title("ts.plan: every candidate measured (green: within budget)")
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
 
 
 def default_candidates() -> list[Recipe]:
@@ -190,7 +99,7 @@ def _fraction(name: str, value: float | None) -> None:
                           f"got {value!r}")
 
 
-def plan(
+def plan_menu(
     model: nn.Module,
     candidates: Iterable[RecipeLike] | None = None,
     *,
@@ -275,7 +184,3 @@ def _better(a: Candidate, b: Candidate) -> bool:
     return (a.metric, -(a.file_bytes or 0)) > (b.metric, -(b.file_bytes or 0))
 
 
-# `ts.plan(model, ...)`: this module is also the verb (see torchshrink._verb_module).
-from torchshrink._verb_module import make_callable  # noqa: E402
-
-make_callable(__name__, plan)

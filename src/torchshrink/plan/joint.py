@@ -1,0 +1,287 @@
+"""`ts.plan(search="joint")`: one option per layer, chosen jointly under the budgets, verified.
+
+1. measure the option database (`options.build_database`): per layer and option, error, bytes,
+   MACs and (optionally) latency;
+2. choose one option per layer by the dynamic program of `allocate.py` under the budgets, less
+   what the rest of the model costs (`fixed_*` in the database);
+3. apply the choice as a recipe (one stage per family, per-layer settings; `compress`), fine-tune
+   it when asked, save it to a temporary file, load it back and measure the file's bytes, the
+   metric (and latency) on what was read back. Where the file misses the budget the budget is
+   tightened by the miss and the plan solved again (`retries` times);
+4. sweep the budget to draw the Pareto front of predicted error, verifying a few points.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from torch import nn
+
+from torchshrink.errors import ConfigError
+from torchshrink.plan.allocate import Allocation, allocate
+from torchshrink.plan.options import LayerOption, OptionDatabase, build_database, stage_configs
+from torchshrink.plan.result import Candidate, PlanResult
+from torchshrink.progress import progress_bar
+from torchshrink.recipe import FineTune, Recipe, Stage, compress
+
+__all__ = ["plan_joint", "plan_recipe"]
+
+
+def plan_recipe(choice: dict[str, LayerOption], *, finetune: FineTune | None = None, name: str = "") -> Recipe:
+    """The recipe that applies a per-layer choice (one stage per family, per-layer settings);
+    a fine-tune, when given, runs after the last stage."""
+    configs = stage_configs({n: o for n, o in choice.items() if o != LayerOption()})
+    if not configs:
+        raise ConfigError("the plan leaves every layer as it is; there is no recipe to write (loosen nothing: "
+                          "the model already meets the budget)")
+    stages = [Stage(c) for c in configs]
+    if finetune is not None:
+        stages[-1] = Stage(stages[-1].config, finetune)
+    return Recipe(tuple(stages), name, "per-layer plan chosen by ts.plan(search='joint')")
+
+
+def _limit(name: str, value: float | None, base: float | None) -> float | None:
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ConfigError(f"{name} must be a positive number (a float <= 1 is a fraction of the baseline), "
+                          f"got {value!r}")
+    if value <= 1.0:
+        assert base is not None
+        return float(value) * base
+    return float(value)
+
+
+class _Verifier:
+    """Apply a choice, save, load back, measure: what a user of the file would see."""
+
+    def __init__(self, model: nn.Module, evaluate: Callable[[nn.Module], float], example: Any,
+                 train: Iterable[Any] | None, val: Iterable[Any] | None, calibration: Iterable[Any] | None,
+                 latency: bool, latency_runs: int, threads: int | None) -> None:
+        self.model, self.evaluate, self.example = model, evaluate, example
+        self.train, self.val, self.calibration = train, val, calibration
+        self.latency, self.latency_runs, self.threads = latency, latency_runs, threads
+
+    def time(self, m: nn.Module) -> float:
+        from torchshrink.infer import for_inference
+        from torchshrink.measure.latency import time_forward
+
+        return time_forward(for_inference(m, example=self.example), self.example, runs=self.latency_runs,
+                            warmup=3, threads=self.threads).median_ms
+
+    def __call__(self, recipe: Recipe, label: str) -> tuple[Candidate, nn.Module]:
+        from torchshrink.codec.container import save
+        from torchshrink.infer.load import load
+
+        t0 = time.perf_counter()
+        res = compress(copy.deepcopy(self.model), recipe, train=self.train, val=self.val, example=self.example,
+                       calibration=self.calibration, progress=False, measure_file=False)
+        cand = Candidate(label, recipe.to_dict())
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "plan.tsz")
+            save(res.model, path)
+            cand.file_bytes = os.path.getsize(path)
+            back = load(path, like=self.model)
+        cand.metric = float(self.evaluate(back))
+        if self.latency:
+            cand.latency_ms = self.time(back)
+        cand.seconds = time.perf_counter() - t0
+        return cand, res.model
+
+
+def plan_joint(
+    model: nn.Module,
+    *,
+    evaluate: Callable[[nn.Module], float],
+    max_bytes: float | None = None,
+    max_latency: float | None = None,
+    max_macs: float | None = None,
+    example: Any = None,
+    train: Iterable[Any] | None = None,
+    val: Iterable[Any] | None = None,
+    calibration: Iterable[Any] | None = None,
+    latency_runs: int = 20,
+    threads: int | None = 1,
+    progress: bool = True,
+    error: Literal["output", "model"] = "model",
+    options: Callable[[str, nn.Module], Sequence[LayerOption]] | None = None,
+    database: OptionDatabase | None = None,
+    targets: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+    calibration_batches: int = 4,
+    finetune: int = 0,
+    finetune_lr: float = 1e-4,
+    resolution: int = 4000,
+    retries: int = 3,
+    pareto_points: int = 8,
+    verify_points: int = 3,
+) -> PlanResult:
+    """Choose one option per layer (sparsity, bits, k-means bits, SVD rank or a stack) that
+    minimizes the summed error under max_bytes / max_macs / max_latency (<= 1: a fraction of the
+    baseline), apply it, and measure the file it makes.
+
+    error: "model" (KL divergence of the model's outputs when only that layer is compressed)
+        or "output" (the layer's relative output reconstruction error).
+    options: `(layer name, module) -> [LayerOption, ...]` to change the menu per layer.
+    database: a database from an earlier call (`result.database`), to solve another budget
+        without measuring again.
+    finetune: epochs of `fit` after applying (needs train=); finetune_lr its learning rate.
+    Returns a PlanResult with .model, .per_layer, .pareto, .recipe (YAML: `.recipe.to_yaml()`).
+    """
+    from torchshrink.codec.container import encode_model
+    from torchshrink.measure.macs import count_macs
+    from torchshrink.plan.options import _first_sample
+
+    if max_bytes is None and max_latency is None and max_macs is None:
+        raise ConfigError("plan(search='joint') needs a budget: max_bytes=, max_macs= and/or max_latency= (a float "
+                          "<= 1 is a fraction of the baseline model)")
+    for n, v in (("max_bytes", max_bytes), ("max_latency", max_latency), ("max_macs", max_macs)):
+        _limit(n, v, 1.0)
+    if error not in ("output", "model"):
+        raise ConfigError(f"error must be 'output' or 'model', got {error!r}")
+    if finetune and train is None:
+        raise ConfigError(f"finetune={finetune} needs train= a loader of (input, target) batches")
+    if calibration is None:
+        calibration = train
+    if calibration is None:
+        raise ConfigError("plan(search='joint') needs calibration= batches (or train=) to measure layer errors")
+    if max_latency is not None and example is None:
+        raise ConfigError("a latency budget needs example= one batch at the serving batch size")
+    need_latency = max_latency is not None
+    t_start = time.perf_counter()
+    model = model.eval()
+    verify = _Verifier(model, evaluate, example, train, val, calibration, need_latency, latency_runs, threads)
+    base = Candidate("baseline (as given)", {}, len(encode_model(model)),
+                     verify.time(model) if need_latency else None, float(evaluate(model)))
+    sample = _first_sample(example if example is not None else next(iter(calibration)))
+    base_macs = count_macs(model, sample)[0]
+    limits = {"bytes": _limit("max_bytes", max_bytes, base.file_bytes),
+              "macs": _limit("max_macs", max_macs, base_macs),
+              "latency_ms": _limit("max_latency", max_latency, base.latency_ms)}
+    limits_set = {k: v for k, v in limits.items() if v is not None}
+
+    t0 = time.perf_counter()
+    db = database if database is not None else build_database(
+        model, calibration, example=example, options=options, targets=targets, ignore=ignore,
+        calibration_batches=calibration_batches, model_error=error == "model", latency=need_latency,
+        latency_runs=latency_runs, threads=threads, progress=progress)
+    seconds = {"database": time.perf_counter() - t0 if database is None else 0.0}
+    errors = db.errors(error)
+    costs = {k: db.costs(k) for k in {"bytes", *limits_set}}
+    fixed = {"bytes": float(db.fixed_bytes), "macs": float(db.fixed_macs), "latency_ms": db.fixed_latency_ms or 0.0}
+
+    def solve(budgets: dict[str, float]) -> Allocation:
+        layer_budgets = {k: max(0.0, v - fixed[k]) for k, v in budgets.items()}
+        return allocate(errors, costs, layer_budgets, resolution=resolution)
+
+    def choice_of(a: Allocation) -> dict[str, LayerOption]:
+        return {n: db.rows[n][j].option for n, j in zip(db.layers, a.choice)}
+
+    ft = FineTune(epochs=finetune, lr=finetune_lr) if finetune else None
+    t0 = time.perf_counter()
+    budgets = dict(limits_set)
+    attempts: list[Candidate] = []
+    best: Candidate | None = None
+    best_model: nn.Module | None = None
+    chosen: Allocation | None = None
+    bar = progress_bar(retries + 1, "plan: solve and verify", progress)
+    for attempt in range(retries + 1):
+        alloc = solve(budgets)
+        choice = choice_of(alloc)
+        if all(o == LayerOption() for o in choice.values()):
+            cand, m = copy.deepcopy(base), copy.deepcopy(model)
+            cand.name, recipe = "as is (meets the budget)", None
+        else:
+            recipe = plan_recipe(choice, finetune=ft, name="joint_plan")
+            cand, m = verify(recipe, f"joint plan, try {attempt + 1}")
+        real = {"bytes": float(cand.file_bytes or 0), "latency_ms": cand.latency_ms,
+                "macs": float(fixed["macs"] + alloc.costs.get("macs", sum(db.costs("macs")[i][j]
+                                                                          for i, j in enumerate(alloc.choice))))}
+        cand.meets_budget = alloc.feasible and all(real[k] is not None and real[k] <= v  # type: ignore[operator]
+                                                   for k, v in limits_set.items())
+        attempts.append(cand)
+        if best is None or (cand.meets_budget, cand.metric) > (best.meets_budget, best.metric):
+            best, best_model, chosen = cand, m, alloc
+        if bar is not None:
+            bar.update(1)
+        if cand.meets_budget or not alloc.feasible:
+            break
+        for k, v in limits_set.items():
+            got = real[k]
+            if got is None or got <= v:
+                continue
+            # The prediction missed by (got - predicted); ask the next solve for a prediction
+            # that much (and a little more) below the limit.
+            predicted = fixed[k] + alloc.costs[k]
+            budgets[k] = min(budgets[k], predicted) - (got - v) * 1.1 - 1 if k == "bytes" else \
+                min(budgets[k], predicted) * v / got * 0.98
+    if bar is not None:
+        bar.close()
+    seconds["solve_and_verify"] = time.perf_counter() - t0
+    assert best is not None and chosen is not None
+
+    t0 = time.perf_counter()
+    pareto = _pareto(db, solve, choice_of, verify, fixed["bytes"], base.file_bytes or 0, limits["bytes"],
+                     pareto_points, verify_points, progress)
+    seconds["pareto"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    final_choice = choice_of(chosen)
+    per_layer = _per_layer(db, chosen, errors)
+    recipe = None if all(o == LayerOption() for o in final_choice.values()) else \
+        plan_recipe(final_choice, finetune=ft, name="joint_plan")
+    result = PlanResult(base, attempts + [p["candidate"] for p in pareto if p.get("candidate") is not None],
+                        best if best.meets_budget else None, best_model if best.meets_budget else None,
+                        {"max_bytes": limits["bytes"], "max_latency_ms": limits["latency_ms"],
+                         "max_macs": limits["macs"]},
+                        search="joint", per_layer=per_layer,
+                        pareto=[{k: v for k, v in p.items() if k != "candidate"} for p in pareto],
+                        recipe=recipe, seconds=seconds, database=db)
+    return result
+
+
+def _per_layer(db: OptionDatabase, a: Allocation, errors: list[list[float]]) -> list[dict[str, Any]]:
+    rows = [(n, db.rows[n][j], errors[i][j]) for i, (n, j) in enumerate(zip(db.layers, a.choice))]
+    total_b = sum(r.bytes for _, r, _ in rows) or 1
+    total_e = sum(e for _, _, e in rows) or 1.0
+    return [{"layer": n, "option": r.option.name, "family": r.option.family, "bytes": r.bytes,
+             "error": e, "output_error": r.error, "macs": r.macs, "latency_ms": r.latency_ms,
+             "bytes_share": r.bytes / total_b, "error_share": e / total_e} for n, r, e in rows]
+
+
+def _pareto(db: OptionDatabase, solve: Callable[[dict[str, float]], Allocation],
+            choice_of: Callable[[Allocation], dict[str, LayerOption]], verify: _Verifier,
+            fixed: float, base_bytes: int, limit: float | None, points: int, verified: int,
+            progress: bool) -> list[dict[str, Any]]:
+    """Budgets from the smallest plan to the fp32 file, geometric; each solved by the DP, a few
+    (evenly spread) applied and measured without fine-tuning."""
+    if points < 1:
+        return []
+    # the smallest plan, with room for the DP's rounding up (one unit per layer)
+    lo = (fixed + sum(min(r.bytes for r in db.rows[n]) for n in db.layers)) * 1.02
+    hi = float(base_bytes)
+    grid = [lo * (hi / lo) ** (i / max(points - 1, 1)) for i in range(points)] if lo < hi else [hi]
+    picks = set() if verified < 1 else {round(i * (len(grid) - 1) / max(verified - 1, 1))
+                                        for i in range(min(verified, len(grid)))}
+    out: list[dict[str, Any]] = []
+    bar = progress_bar(len(picks), "plan: pareto", progress)
+    for i, b in enumerate(grid):
+        a = solve({"bytes": b})
+        row: dict[str, Any] = {"budget_bytes": b, "predicted_bytes": fixed + a.costs["bytes"],
+                               "predicted_error": a.error, "feasible": a.feasible,
+                               "choice": {n: o.name for n, o in choice_of(a).items()},
+                               "file_bytes": None, "metric": None}
+        if i in picks and a.feasible and any(o != LayerOption() for o in choice_of(a).values()):
+            cand, _ = verify(plan_recipe(choice_of(a), name="pareto"), f"pareto point {i + 1} (no fine-tune)")
+            cand.meets_budget = limit is None or (cand.file_bytes or 0) <= limit
+            row.update(file_bytes=cand.file_bytes, metric=cand.metric, candidate=cand)
+            if bar is not None:
+                bar.update(1)
+        out.append(row)
+    if bar is not None:
+        bar.close()
+    return out
