@@ -189,3 +189,21 @@ def test_hf_records_outside_the_allowlist_or_hostile_are_artifact_errors(tmp_pat
     path.write_bytes(_with_manifest(header, _text(manifest), body))
     with pytest.raises(ArtifactError, match=words):
         ts.load(path)
+
+
+def test_hf_gpt2_int4_g32_file_is_at_most_a_fifth_of_the_fp32_parameters(tmp_path: Path) -> None:
+    """Every projection and the tied head/embedding at 4 bits in groups of 32: the file, all
+    overhead counted, holds at most 0.2 of the fp32 parameters' bytes, and reloads with the
+    head and embedding still sharing one set of codes."""
+    m = _gpt2()
+    unique = _unique_bytes(m)
+    q = ts.quantize(m, ts.WeightOnly(bits=4, group_size=32))
+    path = tmp_path / "gpt2_int4.tsz"
+    n = ts.save(q, path)
+    assert n <= 0.2 * unique, (n, unique, n / unique)
+    back = ts.load(path, like=transformers.AutoModelForCausalLM.from_config(m.config))
+    assert back.lm_head.packed is back.transformer.wte.packed
+    x = torch.randint(0, 1000, (2, 10))
+    q.eval(), back.eval()
+    with torch.no_grad():
+        assert torch.equal(back(x).logits, q(x).logits)
