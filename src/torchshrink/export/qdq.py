@@ -306,8 +306,42 @@ class _DynamicLinearFn(torch.autograd.Function):
         return y if _is_none(bias) else g.op("Add", y, bias)
 
 
+class _TokenLinearFn(torch.autograd.Function):
+    """Per-row symmetric int8 activations (DynamicInt8(activations="token")): scale = max|x| / 127
+    per row, int8 x int8 MatMulInteger, rescaled by row scale x channel scale."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wq_t: torch.Tensor, ws: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        amax = x.abs().amax(-1, keepdim=True)
+        s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        q = torch.clamp(torch.round(x / s), -127, 127)
+        y = (torch.matmul(q.double(), wq_t.double()) * (s.double() * ws.double())).to(torch.float32)
+        return y + bias if bias is not None else y
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, wq_t: Any, ws: Any, bias: Any) -> Any:
+        ax = g.op("Abs", x)
+        if g.opset >= 18:
+            amax = g.op("ReduceMax", ax, const_node(g, torch.tensor([-1])), keepdims_i=1)
+        else:
+            amax = g.op("ReduceMax", ax, axes_i=[-1], keepdims_i=1)
+        zero_f = const_node(g, torch.tensor(0.0))
+        s = g.op("Div", amax, const_node(g, torch.tensor(127.0)))
+        s = g.op("Where", g.op("Equal", s, zero_f), const_node(g, torch.tensor(1.0)), s)
+        q = g.op("Clip", g.op("Round", g.op("Div", x, s)), const_node(g, torch.tensor(-127.0)),
+                 const_node(g, torch.tensor(127.0)))
+        acc = g.op("MatMulInteger", g.op("Cast", q, to_i=3), wq_t)  # int8 x int8
+        # Channel scale first, row scale second: ONNX Runtime 1.32's MatMulIntegerToFloat fusion
+        # of Cast -> Mul(row x channel scale) -> Add(bias) drops the bias (measured); this
+        # order does not match that fusion and computes the same values.
+        y = g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), ws), s)
+        return y if _is_none(bias) else g.op("Add", y, bias)
+
+
 class DynamicInt8Linear(nn.Module):
-    """int8 symmetric per-output-channel weights; activations quantized per call to uint8.
+    """int8 symmetric per-output-channel weights; activations quantized per call to uint8
+    (or, with `per_token`, to int8 with one symmetric scale per row).
 
     Exported as DynamicQuantizeLinear -> MatMulInteger -> Mul (-> Add), the pattern ONNX
     Runtime fuses into DynamicQuantizeMatMul; with `reduce_range` (PyTorch's 7-bit activations,
@@ -317,12 +351,15 @@ class DynamicInt8Linear(nn.Module):
     """
 
     def __init__(self, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
-                 *, reduce_range: bool = False) -> None:
+                 *, reduce_range: bool = False, per_token: bool = False) -> None:
         super().__init__()
         self.levels = 127 if reduce_range else 255
+        self.per_token = per_token
         self.register_buffer("weight_q_t", weight_q.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", weight_scale.reshape(-1).float())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_token:
+            return _TokenLinearFn.apply(x, self.weight_q_t, self.weight_scale, self.bias)
         return _DynamicLinearFn.apply(x, self.weight_q_t, self.weight_scale, self.bias, self.levels)

@@ -122,7 +122,8 @@ def _quant_rules() -> None:
     @export_rule(OurDynamic, quantized=True)
     def _dynamic(m: Any) -> nn.Module:
         w_scale = m.weight_scale.float().expand(m.weight_int8.shape[0]).clone()
-        return DynamicInt8Linear(m.weight_int8, w_scale, m.bias, reduce_range=bool(m.reduce_range))
+        return DynamicInt8Linear(m.weight_int8, w_scale, m.bias, reduce_range=bool(m.reduce_range),
+                                 per_token=bool(getattr(m, "per_token", False)))
 
     @export_rule(WeightOnlyLayer, quantized=False)
     def _weight_only(m: Any) -> nn.Module:
