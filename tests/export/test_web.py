@@ -96,6 +96,8 @@ def _manifest() -> dict[str, Any]:
     ('{"inputs": {"input": ' + json.dumps([[[["a"] * 8] * 8]]) + '}}', r"holds non-numeric values"),
     ('{"batch": 0, "inputs": {"input": {"dims": [1, 1, 8, 8], "data": ' + json.dumps([0] * 64) + '}}}',
      r'"batch" must be an integer >= 1, got 0'),
+    ('{"warmup_ms": -1, "inputs": {"input": {"dims": [1, 1, 8, 8], "data": ' + json.dumps([0] * 64) + '}}}',
+     r'"warmup_ms" must be a number >= 0, got -1'),
 ])
 def test_bad_inputs_json_is_named_with_the_fix(content: str, words: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.json"

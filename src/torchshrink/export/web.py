@@ -130,11 +130,14 @@ def npm_install_ort_web(prefix: str | os.PathLike[str] | None = None, *, version
 # inputs.json: {"inputs": {name: {"dims": [...], "data": [flat values]} | nested list}, "batch": 1, ...}
 
 def write_inputs(path: str | os.PathLike[str], inputs: Mapping[str, torch.Tensor | np.ndarray], *,
-                 batch: int = 1, warmup: int = 3, rounds: int = 20, per_round: int = 10) -> None:
+                 batch: int = 1, warmup: int = 3, warmup_ms: float = 0.0, rounds: int = 20,
+                 per_round: int = 10) -> None:
     """Write the rows the page runs: `inputs` maps each model input name to an array whose
-    first dimension is the row; the page runs them `batch` rows per inference, then times
-    `rounds` x `per_round` inferences on the first batch."""
-    doc: dict[str, Any] = {"inputs": {}, "batch": batch, "warmup": warmup, "rounds": rounds, "per_round": per_round}
+    first dimension is the row. The page warms up for `warmup` inferences and at least
+    `warmup_ms`, runs the rows `batch` per inference, then times `rounds` x `per_round`
+    inferences on the first batch."""
+    doc: dict[str, Any] = {"inputs": {}, "batch": batch, "warmup": warmup, "warmup_ms": warmup_ms,
+                           "rounds": rounds, "per_round": per_round}
     for name, value in inputs.items():
         a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         if a.dtype == np.bool_:
@@ -214,6 +217,9 @@ def read_inputs(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> di
         v = doc.get(key, low)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ConfigError(f'{where}: "{key}" must be an integer >= {low}, got {v!r}')
+    warm = doc.get("warmup_ms", 0)
+    if not isinstance(warm, (int, float)) or isinstance(warm, bool) or not warm >= 0:
+        raise ConfigError(f'{where}: "warmup_ms" must be a number >= 0, got {warm!r}')
     return out
 
 
