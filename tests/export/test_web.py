@@ -155,3 +155,29 @@ def test_cli_writes_the_folder(ort_web: Path, tmp_path: Path, capsys: Any) -> No
     assert "--npm-install: options of --format web only, not of onnx" in capsys.readouterr().err
     assert main(["export", artifact, "--format", "wbe", "--out", str(tmp_path / "x")]) == 2
     assert "supported formats: onnx, pt2, web. Did you mean 'web'?" in capsys.readouterr().err
+
+
+def test_npm_install_runs_npm_into_the_cache(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """--npm-install with a stand-in `npm` on PATH that records its arguments and lays out the
+    package the way npm does (PREFIX/node_modules/onnxruntime-web)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    npm.write_text("#!/bin/sh\n"
+                   f'echo "$@" > {tmp_path}/npm-args\n'
+                   'prefix="$3"; pkg="$prefix/node_modules/onnxruntime-web"; mkdir -p "$pkg/dist"\n'
+                   'echo \'{"name": "onnxruntime-web", "version": "1.2.3"}\' > "$pkg/package.json"\n'
+                   + "".join(f'echo x > "$pkg/dist/{f}"\n' for f in ORT_WEB_FILES))
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    result = ts.export(models.create("lenet300", in_features=64).eval(), tmp_path / "site", example=torch.randn(2, 64),
+                       format="web", npm_install=True, npm_cache=cache)
+    assert (tmp_path / "npm-args").read_text().split() == [
+        "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--ignore-scripts", "--no-save", "onnxruntime-web"]
+    assert json.loads((Path(result.path) / "model.json").read_text())["onnxruntime_web"]["version"] == "1.2.3"
+    npm.write_text("#!/bin/sh\necho 'npm ERR! network request failed' >&2\nexit 1\n")
+    with pytest.raises(ts.ConfigError, match=r"failed \(exit 1\): npm ERR! network request failed; check the network"):
+        ts.export(models.create("lenet300", in_features=64).eval(), tmp_path / "site2", example=torch.randn(2, 64),
+                  format="web", npm_install=True, npm_cache=tmp_path / "cache2")
