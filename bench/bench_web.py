@@ -167,11 +167,12 @@ def main() -> None:
                      "rounds_per_page": rounds,
                      "inferences_per_round": {"lenet5": per_round, "lenet300": 3 * per_round}, "warmup_per_page": f"20 inferences and {WARMUP_MS} ms",
                      "interleaved": True, "data": "mnist5k seed 0 (test rows 0..63)", "train_epochs": 1 if args.quick else 3,
-                     "seed": 0, "loadavg_before": load_before, "loadavg_after": load_after,
+                     "seed": 0, "loadavg_before": load_before, "loadavg_after": load_after, "niceness": os.nice(0),
                      "native_ort": "onnxruntime (Python) CPU, 1 thread, interleaved, median", "quick": args.quick},
         "versions": {**versions, "onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "runtime_file_bytes": runtime_bytes, "npm_install_s": npm_s,  # None: the package was already in the cache "results": results,
+        "runtime_file_bytes": runtime_bytes, "npm_install_s": npm_s,  # None: the package was already in the cache
+        "results": results,
     }
     dest = ROOT / "bench" / "results" / "web.json"
     dest.write_text(json.dumps(out, indent=2) + "\n")
