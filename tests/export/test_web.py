@@ -138,6 +138,13 @@ def test_a_folder_of_other_files_is_not_replaced(lenet300: Any, ort_web: Path, t
     with pytest.raises(ts.ConfigError, match="is not empty and holds no torchshrink web export"):
         ts.export(lenet300, mine, example=torch.randn(2, 64), format="web", ort_web=ort_web)
     assert (mine / "notes.txt").read_text() == "keep me"
+    # an earlier web export is replaced as a whole
+    site = tmp_path / "site"
+    ts.export(lenet300, site, example=torch.randn(2, 64), format="web", ort_web=ort_web)
+    ts.export(lenet300, site, example=torch.randn(7, 64), format="web", ort_web=ort_web)
+    manifest = json.loads((site / "model.json").read_text())
+    assert read_inputs(site / "inputs.json", manifest)["input"].shape == (7, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "node_modules", "site"]
     with pytest.raises(ts.ConfigError, match="options of format='web' only, not of 'onnx'"):
         ts.export(lenet300, tmp_path / "m.onnx", example=torch.randn(2, 64), ort_web=ort_web)
 

@@ -22,7 +22,13 @@ import torchshrink as ts
 from torchshrink import models
 from torchshrink.export.browser import find_chromium, run_page
 from torchshrink.export.onnx import OrtRunner
-from torchshrink.export.web import DEFAULT_NPM_CACHE, find_ort_web, npm_install_ort_web, read_inputs
+from torchshrink.export.web import (
+    DEFAULT_NPM_CACHE,
+    find_ort_web,
+    npm_install_ort_web,
+    read_inputs,
+    write_inputs,
+)
 
 CHROMIUM = find_chromium()
 ROWS = 64
@@ -125,10 +131,18 @@ def test_page_matches_onnxruntime(form: str, lenet5: Any, ort_web: Path, tmp_pat
     assert ink > 0.01 and len(set(pixels)) > 20, ink  # a rendered page with its tables, not a blank
 
 
-def test_page_errors_say_what_to_fix(lenet5: Any, ort_web: Path, tmp_path: Path) -> None:
+def test_page_batches_and_errors(lenet5: Any, ort_web: Path, tmp_path: Path) -> None:
     model, _, x = lenet5
     out = tmp_path / "site"
     ts.export(model, out, example=x[:2], format="web", ort_web=ort_web)
+    # 64 rows, 16 per inference (the file keeps a dynamic batch)
+    write_inputs(out / "inputs.json", {"input": x}, batch=16, rounds=2, per_round=2)
+    page = run_page(out, timeout=60)
+    assert page["status"] == "ok" and page["batch"] == 16 and page["latency_ms"]["batch"] == 16
+    want = OrtRunner(out / "model.onnx", threads=1)((x,))[0]
+    got = np.asarray(page["outputs"]["output"]["data"], dtype=np.float32).reshape(page["outputs"]["output"]["dims"])
+    assert got.shape == (ROWS, 10) and float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max())
+
     (out / "inputs.json").write_text('{"inputs": {"input": {"dims": [1, 1, 28, 28], "data": [1, 2]}}}')
     page = run_page(out, timeout=60)
     assert page["status"] == "error"
