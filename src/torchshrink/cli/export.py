@@ -16,7 +16,7 @@ from typing import Any
 
 import torchshrink.cli.options as options
 from torchshrink.cli.baseline import artifact_metadata, check_data_name, reference_or_file
-from torchshrink.cli.paths import prepare_output
+from torchshrink.cli.paths import prepare_output, prepare_output_dir
 from torchshrink.errors import ConfigError, did_you_mean
 
 NAME = "export"
@@ -24,6 +24,8 @@ HELP = "write an ONNX (or torch.export .pt2) file and check it against PyTorch"
 
 # The file suffix each format writes; --out must carry it, so a name never lies about its content.
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+# Formats that write a folder, not a file: --out names the directory.
+FOLDER_FORMATS = ("web",)
 
 
 def target(name: str, data: str | None, batch: int) -> tuple[Any, Any, Any]:
@@ -52,9 +54,12 @@ def output_format(out: str, given: str | None) -> str:
     """The format for `--out` and `--format`: from the suffix when not given; a suffix that is
     not the format's is an error (`--out m.tflite` must not silently hold ONNX)."""
     suffix = Path(out).suffix.lower()
+    if given in FOLDER_FORMATS:
+        return given
     if given is not None and given not in SUFFIXES:
-        raise ConfigError(f"unsupported export format {given!r}; supported formats: {', '.join(SUFFIXES)}."
-                          + did_you_mean(given, SUFFIXES))
+        known = (*SUFFIXES, *FOLDER_FORMATS)
+        raise ConfigError(f"unsupported export format {given!r}; supported formats: {', '.join(known)}."
+                          + did_you_mean(given, known))
     fmt = given or next((f for f, s in SUFFIXES.items() if s == suffix), None)
     if fmt is None or SUFFIXES[fmt] != suffix:
         wanted = (f"{SUFFIXES[fmt]} for --format {fmt}" if fmt is not None
@@ -67,28 +72,55 @@ def output_format(out: str, given: str | None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="artifact file (.tsz) or reference model name")
     p.add_argument("--out", required=True,
-                   help="file to write: model.onnx or model.pt2 (the suffix must match --format)")
-    p.add_argument("--format", default=None, help="onnx or pt2 (default: from the --out suffix)")
+                   help="file to write: model.onnx or model.pt2 (the suffix must match --format); "
+                        "a folder for --format web")
+    p.add_argument("--format", default=None, help="onnx, pt2 or web (default: from the --out suffix)")
     p.add_argument("--data", default=None, help="data set for the check (default: the one the artifact records)")
     p.add_argument("--trace-batch", type=options.positive_int, default=2,
                    help="example batch size used for tracing and the check (default 2; the file keeps a "
                         "dynamic batch)")
     p.add_argument("--opset", type=options.positive_int, default=None, help="ONNX opset (default 18)")
     options.add_json(p)
+    add_web_arguments(p)
+
+
+def add_web_arguments(p: argparse.ArgumentParser) -> None:
+    web = p.add_argument_group("--format web (a folder: the ONNX file and a page that runs it in ONNX Runtime Web)")
+    web.add_argument("--ort-web", default=None, metavar="DIR",
+                     help="a local onnxruntime-web npm package or node_modules (default: ./node_modules, then "
+                          "the torchshrink npm cache)")
+    web.add_argument("--npm-install", action="store_true",
+                     help="run `npm install onnxruntime-web` into the torchshrink npm cache when it is not found")
+    web.add_argument("--inputs", default=None, metavar="JSON", help="the page's inputs.json (default: the example batch)")
+
+
+def web_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """export_web's options from the command line; set for another format, they are an error."""
+    given = {"ort_web": args.ort_web, "npm_install": args.npm_install or None, "inputs": args.inputs}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and fmt not in FOLDER_FORMATS:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags}: options of --format web only, not of {fmt}")
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
     from torchshrink.export import export
 
     fmt = output_format(args.out, args.format)
-    prepare_output(args.out, "--out")
+    web = web_options(args, fmt)
+    if fmt not in FOLDER_FORMATS:
+        prepare_output(args.out, "--out")
+    else:
+        prepare_output_dir(Path(args.out).absolute().parent, "--out")
     model, example, loader = target(args.target, args.data, args.trace_batch)
     result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
-                    opset=args.opset)
+                    opset=args.opset, **web)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(f"wrote {result.path} ({result.bytes:,} bytes, {result.format}, {result.form} form)")
+        print(f"wrote {result.path} ({result.bytes:,} bytes, {result.format}, {result.form} form)"
+              + (f"; serve it: python -m http.server --directory {result.path}" if fmt in FOLDER_FORMATS else ""))
         if result.swapped:
             print(f"  export forms: {len(result.swapped)} layers ({', '.join(sorted(set(result.swapped.values())))})")
         if result.parity is not None:

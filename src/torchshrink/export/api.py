@@ -28,8 +28,8 @@ from torchshrink.export.prepare import Prepared, cast_inputs, prepare
 
 __all__ = ["export", "ExportResult", "FORMATS", "Format"]
 
-Format = Literal["onnx", "pt2"]
-FORMATS: tuple[str, ...] = ("onnx", "pt2")
+Format = Literal["onnx", "pt2", "web"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2", "web")
 FLOAT_ROWS = 64  # check samples for float forms
 QUANTIZED_ROWS = 256  # and for quantized forms (a top-1 agreement rate needs more)
 
@@ -95,7 +95,7 @@ def _dynamic(dynamic: Sequence[str] | Mapping[str, int] | None, dynamic_batch: b
 def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, format: Format = "onnx",
            check: bool = True, check_data: Iterable[Any] | None = None, opset: int | None = None,
            dynamic_batch: bool = True, dynamic: Sequence[str] | Mapping[str, int] | None = None,
-           dynamic_axes: Mapping[str, int] | None = None) -> ExportResult:
+           dynamic_axes: Mapping[str, int] | None = None, **web: Any) -> ExportResult:
     """Export `model` to `path` and run the parity check; raise on failure.
 
     format: "onnx" (ONNX Runtime and every ONNX consumer; quantized layers become QDQ /
@@ -110,9 +110,18 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
         is checked in ONNX Runtime at a second, shorter length.
     check_data: optional loader of (x, y) or x batches for the check; with labels, quantized
     forms must also match PyTorch's accuracy within 0.2 points.
+    format="web": `path` is a folder holding the ONNX file and a static page that runs it in
+        ONNX Runtime Web; `**web` takes export_web's options (inputs=, ort_web=, npm_install=).
     Raises ConfigError (bad format or path), UnsupportedModelError (graph cannot be exported;
     names the operator) or ParityError (the file computes something else).
     """
+    if format == "web":  # a folder: the ONNX file, a static page, ONNX Runtime Web (export/web.py)
+        from torchshrink.export.web import export_web
+
+        return export_web(model, path, example=example, check=check, check_data=check_data, opset=opset,
+                          dynamic_batch=dynamic_batch, dynamic=dynamic, dynamic_axes=dynamic_axes, **web)
+    if web:
+        raise ConfigError(f"{', '.join(sorted(web))}: options of format='web' only, not of {format!r}")
     out = _check_args(format, path)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"expected an nn.Module to export, got {type(model).__name__}")
