@@ -3,7 +3,8 @@ only what it computes with (no parametrizations, no zero-filled originals).
 
 - `CompactSparseLinear`: CSR with int32 row pointers, uint16 column indices and either fp32
   values or uint8 codebook indices into a float table, run by the compiled kernel
-  (`infer.kernels`); exact up to float summation order.
+  (`infer.kernels`, on torch's intra-op thread count); exact up to float summation order
+  (tested: within 1e-6 of sum |w||x| against float64).
 - `Int4Linear`: the weight in PyTorch's packed int4 CPU layout with bf16 scales and zeros,
   run by `aten._weight_int4pack_mm_for_cpu` (activations rounded to bf16).
 - dense layers are plain `nn.Linear` / `nn.Conv*d` with the effective weight baked in.
@@ -18,9 +19,10 @@ from torch import nn
 
 from torchshrink.infer import kernels
 
-__all__ = ["CompactSparseLinear", "Int4Linear", "MAX_SPARSE_INPUTS"]
+__all__ = ["CompactSparseLinear", "Int4Linear", "MAX_NONZEROS", "MAX_SPARSE_INPUTS"]
 
 MAX_SPARSE_INPUTS = 65536  # uint16 column indices
+MAX_NONZEROS = 2**31  # int32 row pointers
 
 
 class CompactSparseLinear(nn.Module):
@@ -40,9 +42,16 @@ class CompactSparseLinear(nn.Module):
         super().__init__()
         out_features, in_features = weight.shape
         if in_features > MAX_SPARSE_INPUTS:
-            raise ValueError(f"compact CSR holds at most {MAX_SPARSE_INPUTS} inputs, got {in_features}")
-        self.in_features, self.out_features = in_features, out_features
+            raise ValueError(f"compact CSR holds at most {MAX_SPARSE_INPUTS} inputs, got {in_features}; "
+                             "keep such a layer dense or in torch CSR")
         keep = weight != 0
+        if int(keep.sum()) >= MAX_NONZEROS:
+            raise ValueError(f"compact CSR holds fewer than {MAX_NONZEROS} nonzeros (int32 row pointers), got "
+                             f"{int(keep.sum())}; keep such a layer dense or in torch CSR")
+        if codebook is not None and not 1 <= codebook[0].numel() <= kernels.MAX_TABLE:
+            raise ValueError(f"compact CSR codebooks hold 1..{kernels.MAX_TABLE} values (uint8 indices), got "
+                             f"{codebook[0].numel()}; use the fp32-values form")
+        self.in_features, self.out_features = in_features, out_features
         rowptr, cols, order = kernels.blocked_csr(keep)
         self.register_buffer("rowptr", rowptr)
         self.register_buffer("cols", cols)
@@ -64,7 +73,7 @@ class CompactSparseLinear(nn.Module):
     @property
     def execution(self) -> str:
         what = "uint8 codebook indices" if self.codes is not None else "fp32 values"
-        kernel = "compiled kernel" if kernels.available() else "torch CSR fallback (no C compiler)"
+        kernel = f"compiled kernel, {kernels.isa()}" if kernels.available() else "torch CSR fallback (no C compiler)"
         return f"compact CSR (uint16 columns, {what}, {kernel})"
 
     def _values(self) -> torch.Tensor:
