@@ -133,3 +133,20 @@ def test_layers_the_format_cannot_hold_are_refused_with_the_fix() -> None:
     w = torch.eye(4)
     with pytest.raises(ValueError, match="codebooks hold 1..256 values .* got 300; use the fp32-values form"):
         CompactSparseLinear(w, None, codebook=(torch.randn(300), torch.zeros(4, 4, dtype=torch.long)))
+
+
+def test_an_inference_form_exports_to_onnx_as_the_same_function(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import torchshrink as ts
+
+    torch.manual_seed(0)
+    m = ts.cluster(ts.prune(ts.models.create("lenet300"), ts.MagnitudePruning(sparsity=0.92)),
+                   ts.KMeansSharing(bits=4)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    f = ts.for_inference(m, example=x, prefer="memory")
+    assert all(isinstance(getattr(f, n), CompactSparseLinear) for n in ("fc1", "fc2", "fc3"))
+    result = ts.export(f, tmp_path / "m.onnx", example=x)
+    assert result.parity is not None and result.parity.passed
+    # the compact layers are written as dense weights (one constant each), not scatter graphs
+    fp32 = 4 * sum(p.numel() for p in ts.models.create("lenet300").parameters())
+    assert result.bytes < 1.01 * fp32

@@ -87,6 +87,19 @@ class CompactSparseLinear(nn.Module):
         w[self._rows(), self.cols.to(torch.int32).long()] = self._values()
         return w
 
+    def _untraced_dense_weight(self) -> torch.Tensor:
+        """The dense weight as one constant of the traced graph: built under the tracer, its
+        scatter and index tensors would be recorded too (the ONNX file came out larger than fp32)."""
+        get, put = getattr(torch._C, "_get_tracing_state", None), getattr(torch._C, "_set_tracing_state", None)
+        if get is None or put is None or get() is None:
+            return self.dense_weight()
+        state = get()
+        put(None)
+        try:
+            return self.dense_weight()
+        finally:
+            put(state)
+
     def _rows(self) -> torch.Tensor:
         """The row of every stored nonzero (in the kernel's block-major order)."""
         counts = torch.diff(self.rowptr.long(), dim=1).reshape(-1)
@@ -94,6 +107,11 @@ class CompactSparseLinear(nn.Module):
         return torch.repeat_interleave(rows, counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # Exporters (ONNX, torch.export) cannot see into a ctypes call: they get the same
+            # function as a dense matmul, which every runtime has.
+            return nn.functional.linear(x, self._untraced_dense_weight().to(x.dtype),
+                                        None if self.bias is None else self.bias.to(x.dtype))
         rows = x.reshape(-1, self.in_features)
         if kernels.available() and rows.device.type == "cpu":
             y = kernels.csr_matmul(rows.float(), self.rowptr, self.cols, self.out_features, values=self.values,
