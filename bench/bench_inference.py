@@ -52,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 SECTIONS = ("alexnet", "deep_compression", "methods")
 NOISE = 1.10  # ratios within 10% of fp32 are inside the run-to-run spread on a loaded 2-core machine
 MODELS = ("lenet300", "lenet5", "resnet_small", "gpt_tiny")
+PLAIN = ("dense", "dense (decoded once)")  # forms that are an ordinary fp32 layer
 
 
 def round_times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
@@ -63,6 +64,10 @@ def round_times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, 
 
 def times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in round_times_ms(fns, rounds).items()}
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def loads() -> list[float]:
@@ -128,15 +133,18 @@ def method_rows(models: tuple[str, ...], rounds: int, mnist: Any) -> list[dict[s
                 row[f"b{batch}_ratio"] = t["inference"] / t["fp32"]
                 row[f"b{batch}_training_form_ratio"] = t["training form"] / t["fp32"]
                 row[f"b{batch}_forms"] = forms(inf.torchshrink_inference)
+                plain = all(r["chosen"] in PLAIN for r in inf.torchshrink_inference.values())
                 if batch == 1:
                     row["resident_ratio"] = resident_bytes(inf) / base_bytes
                     row["resident_bytes"] = resident_bytes(inf)
                 if row[f"b{batch}_ratio"] > NOISE:
-                    notes.append(f"b{batch}: {row[f'b{batch}_forms']}")
+                    why = ("every layer a plain fp32 layer (no compressed form measured faster), i.e. the fp32 "
+                           "model: timing noise" if plain else f"forms chosen: {row[f'b{batch}_forms']}")
+                    notes.append(f"b{batch} slower than fp32 by more than {NOISE - 1:.0%}: {why}")
             if row["resident_ratio"] > 1.0:
-                notes.append("larger than fp32")
+                notes.append(f"larger than fp32 in memory ({row['b1_forms']})")
             if notes:
-                row["note"] = f"slower than fp32 by more than {NOISE - 1:.0%}; forms chosen: " + "; ".join(notes)
+                row["note"] = "; ".join(notes)
             rows.append(row)
             print(f"  {name:12s} {method.name:18s} b1 {row['b1_ratio']:.2f}x b32 {row['b32_ratio']:.2f}x "
                   f"mem {row['resident_ratio']:.3f}", flush=True)
@@ -221,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1", help="a thread count, or 'all' for torch's default (%(default)s)")
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/inference[_threads<N>].json")
     p.add_argument("--only", choices=SECTIONS, action="append")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15, 5 with --quick)")
     args = p.parse_args(argv)
     if args.threads == "all":
         threads = torch.get_num_threads()
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     out = args.out or RESULTS.with_name("inference.json" if threads == 1 else f"inference_threads{threads}.json")
     only = [s for s in SECTIONS if s in set(args.only or SECTIONS)]
-    rounds = 5 if args.quick else 15
+    rounds = args.rounds or (5 if args.quick else 15)
     result: dict[str, Any] = {}
     if args.only and out.exists():
         result = json.loads(out.read_text())
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             print("every method, inference form vs fp32:")
             result["methods"] = method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist)
         result.setdefault("sections", {})[section] = {"load_average_before": before, "load_average_after": loads(),
-                                                      "seconds": round(time.perf_counter() - t0, 1)}
+                                                      "seconds": round(time.perf_counter() - t0, 1),
+                                                      "rounds": rounds, "nice": os.nice(0), "utc": _utc()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print_tables(result)

@@ -150,3 +150,23 @@ def test_an_inference_form_exports_to_onnx_as_the_same_function(tmp_path: Path) 
     # the compact layers are written as dense weights (one constant each), not scatter graphs
     fp32 = 4 * sum(p.numel() for p in ts.models.create("lenet300").parameters())
     assert result.bytes < 1.01 * fp32
+
+
+@needs_kernel
+def test_copies_and_bad_inputs_of_a_bound_layer() -> None:
+    import copy
+
+    keep, w, _, _, b = _case(12, 40, 0.3, 0, seed=3)
+    layer = CompactSparseLinear(w, b)
+    x = torch.randn(2, 40)
+    first = layer(x)  # binds the kernel's pointers
+    twin = copy.deepcopy(layer)  # its own tensors: it must not compute with the original's
+    with torch.no_grad():
+        layer.values.zero_()  # in place: same storage, so the bound layer sees it
+    assert torch.equal(twin(x), first)
+    torch.testing.assert_close(layer(x), b.expand(2, 12), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"expects inputs with 40 features in the last dimension, got shape \(2, 39\)"):
+        layer(torch.randn(2, 39))
+    with pytest.raises(ValueError, match="computes in float32 but its values, bias are torch.float64.*call .float"):
+        twin.double()(x.double())
+    assert _rel_err(twin.float()(x), x, w, b) < TOL

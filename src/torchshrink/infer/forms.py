@@ -87,6 +87,25 @@ class CompactSparseLinear(nn.Module):
         w[self._rows(), self.cols.to(torch.int32).long()] = self._values()
         return w
 
+    def _bound(self) -> kernels.BoundCsr:
+        b = self._buffers  # not nn.Module.__getattr__: six of those cost more than a small layer's kernel
+        tensors = (b["rowptr"], b["cols"], b["values"], b["codes"], b["table"], b["bias"])
+        bound = self.__dict__.get("_bound_csr")
+        if bound is None or not bound.bound_to(*tensors):
+            cast = {n: t.dtype for n in ("values", "table", "bias") if (t := b[n]) is not None and t.dtype != torch.float32}
+            if cast:
+                raise ValueError(f"{type(self).__name__} computes in float32 but its {', '.join(cast)} are "
+                                 f"{next(iter(cast.values()))} (the module was cast, e.g. .double()); call .float() on it")
+            bound = kernels.BoundCsr(self.rowptr, self.cols, self.out_features, values=self.values, codes=self.codes,
+                                     table=self.table, bias=self.bias)
+            self.__dict__["_bound_csr"] = bound  # not a submodule or buffer: a cache of pointers
+        return bound
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_bound_csr", None)  # pointers into this process's tensors: rebuilt on first call
+        return state
+
     def _untraced_dense_weight(self) -> torch.Tensor:
         """The dense weight as one constant of the traced graph: built under the tracer, its
         scatter and index tensors would be recorded too (the ONNX file came out larger than fp32)."""
@@ -112,18 +131,22 @@ class CompactSparseLinear(nn.Module):
             # function as a dense matmul, which every runtime has.
             return nn.functional.linear(x, self._untraced_dense_weight().to(x.dtype),
                                         None if self.bias is None else self.bias.to(x.dtype))
+        if x.shape[-1] != self.in_features:  # the kernel would read past x: check, never trust
+            raise ValueError(f"{type(self).__name__} expects inputs with {self.in_features} features in the last "
+                             f"dimension, got shape {tuple(x.shape)}")
+        if x.device.type == "cpu" and kernels.available():
+            bound = self._bound()
+            if x.dim() == 2 and x.dtype == torch.float32:  # the common call, kept lean (see BoundCsr)
+                return bound(x)
+            return bound(x.reshape(-1, self.in_features).float()).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         rows = x.reshape(-1, self.in_features)
-        if kernels.available() and rows.device.type == "cpu":
-            y = kernels.csr_matmul(rows.float(), self.rowptr, self.cols, self.out_features, values=self.values,
-                                   codes=self.codes, table=self.table, bias=self.bias)
-        else:
-            idx = torch.stack([self._rows(), self.cols.to(torch.int32).long()])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "sparse support is in beta"
-                coo = torch.sparse_coo_tensor(idx, self._values(), (self.out_features, self.in_features))
-            y = torch.sparse.mm(coo, rows.float().t()).t()
-            if self.bias is not None:
-                y = y + self.bias
+        idx = torch.stack([self._rows(), self.cols.to(torch.int32).long()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse support is in beta"
+            coo = torch.sparse_coo_tensor(idx, self._values(), (self.out_features, self.in_features))
+        y = torch.sparse.mm(coo, rows.float().t()).t()
+        if self.bias is not None:
+            y = y + self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import os
 import platform
 import shutil
@@ -31,7 +32,7 @@ import torch
 
 from torchshrink.infer.csr_source import SOURCE
 
-__all__ = ["BLOCK_COLUMNS", "MAX_TABLE", "available", "blocked_csr", "csr_matmul", "isa", "library_path"]
+__all__ = ["BLOCK_COLUMNS", "MAX_TABLE", "BoundCsr", "available", "blocked_csr", "csr_matmul", "isa", "library_path"]
 
 # 16 KB of fp32 inputs per block: the gathered slice of x stays in a 32 KB L1 data cache
 # beside the streamed weights (measured: 2048 to 16384 columns run within noise of each other
@@ -119,6 +120,45 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+class BoundCsr:
+    """A compact CSR matrix with its kernel arguments worked out once: at batch 1 a small
+    layer's whole kernel call takes a few microseconds, so the Python around it (pointer
+    look-ups, argument checks) must not take longer. Holds references to its tensors, so
+    `bound_to` can tell when a module's buffers were replaced (`.to()`, assignment)."""
+
+    def __init__(self, rowptr: torch.Tensor, cols: torch.Tensor, n_out: int, *,
+                 values: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                 table: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 lib: ctypes.CDLL | None = None) -> None:
+        lib = lib or _library()
+        assert lib is not None, "the compact CSR kernel needs the compiled library; check available() first"
+        self.tensors = (rowptr, cols, values, codes, table, bias)
+        self.n_out = n_out
+        n_blocks = rowptr.shape[0] if rowptr.dim() == 2 else 1
+        self._head = (n_out, n_blocks)
+        if codes is not None:
+            assert table is not None and 1 <= table.numel() <= MAX_TABLE, "codes need a table of 1..256 entries"
+            self._fn = lib.ts_csr_code
+            self._mid: tuple[int | None, ...] = (_ptr(rowptr), _ptr(cols), _ptr(codes), _ptr(table), table.numel())
+        else:
+            assert values is not None
+            self._fn = lib.ts_csr_f32
+            self._mid = (_ptr(rowptr), _ptr(cols), _ptr(values))
+        self._bias = _ptr(bias)
+
+    def bound_to(self, *tensors: torch.Tensor | None) -> bool:
+        return all(map(operator.is_, self.tensors, tensors))
+
+    def __call__(self, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        """(B, n_in) float32 CPU x -> (B, n_out) float32."""
+        batch = x.shape[0]
+        xt = x.contiguous() if batch == 1 else x.t().contiguous()
+        y = torch.empty(batch, self.n_out, dtype=torch.float32)
+        n_threads = torch.get_num_threads() if threads is None else threads
+        self._fn(*self._head, batch, *self._mid, xt.data_ptr(), self._bias, y.data_ptr(), n_threads)
+        return y
+
+
 def csr_matmul(x: torch.Tensor, rowptr: torch.Tensor, cols: torch.Tensor, n_out: int, *,
                values: torch.Tensor | None = None, codes: torch.Tensor | None = None,
                table: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -128,22 +168,8 @@ def csr_matmul(x: torch.Tensor, rowptr: torch.Tensor, cols: torch.Tensor, n_out:
     `values` or uint8 `codes` into a float32 `table` of 1..256 entries), plus `bias`:
     (B, n_out) float32. `threads` defaults to torch's intra-op thread count; small layers run
     on one whatever it says. The caller checks `available()` first."""
-    lib = _lib or _library()
-    assert lib is not None, "csr_matmul needs the compiled kernel; check available() first"
-    batch = x.shape[0]
-    n_blocks = rowptr.shape[0] if rowptr.dim() == 2 else 1
-    xt = x.contiguous() if batch == 1 else x.t().contiguous()
-    y = torch.empty(batch, n_out, dtype=torch.float32)
-    n_threads = torch.get_num_threads() if threads is None else threads
-    if codes is not None:
-        assert table is not None and 1 <= table.numel() <= MAX_TABLE, "codes need a table of 1..256 entries"
-        lib.ts_csr_code(n_out, n_blocks, batch, _ptr(rowptr), _ptr(cols), _ptr(codes), _ptr(table), table.numel(),
-                        _ptr(xt), _ptr(bias), _ptr(y), n_threads)
-    else:
-        assert values is not None
-        lib.ts_csr_f32(n_out, n_blocks, batch, _ptr(rowptr), _ptr(cols), _ptr(values), _ptr(xt), _ptr(bias), _ptr(y),
-                       n_threads)
-    return y
+    bound = BoundCsr(rowptr, cols, n_out, values=values, codes=codes, table=table, bias=bias, lib=_lib)
+    return bound(x, threads)
 
 
 def blocked_csr(keep: torch.Tensor, block: int = BLOCK_COLUMNS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
