@@ -6,12 +6,20 @@ dense and torch.sparse CSR.
     python bench/bench_inference.py            # ~15 min on a loaded 2-core machine
     python bench/bench_inference.py --quick    # smoke run: fewer models, fewer repeats
 
-Protocol: 1 thread (--threads), every compared variant timed in the same interleaved loop
-(best of 3 calls per round, median over rounds), load average written beside the figures.
-Method rows use the reference models with seeded random weights (latency and bytes do not
-depend on training), calibration from the bundled mnist5k (LeNets) or random inputs of the
-model's shape; the Deep Compression model is trained briefly on mnist5k.
-Writes bench/results/inference.json.
+    python bench/bench_inference.py --threads all   # torch's default thread count
+    python bench/bench_inference.py --only alexnet  # one section, merged into the JSON
+
+Protocol: 1 thread unless --threads says otherwise (the compact kernel and torch both use it),
+every compared variant timed in the same interleaved loop (best of 3 calls per round, median
+over rounds), the load average written beside each section. Method rows use the reference
+models with seeded random weights (latency and bytes do not depend on training), calibration
+from the bundled mnist5k (LeNets) or random inputs of the model's shape; the Deep Compression
+model is trained briefly on mnist5k. The AlexNet-sized layers have seeded random weights at
+the paper's densities, 4-bit shared weights for the codebook form, and report, beside the
+ratio of medians, the spread of the per-round ratios (a speed-up that holds in every round is
+not noise).
+Writes bench/results/inference.json (1 thread) or inference_threads<N>.json; with --only, the
+sections run replace those in the existing file and the rest is kept.
 """
 
 from __future__ import annotations
@@ -35,19 +43,35 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchshrink as ts
 from _common import table
 from torchshrink.infer import CompactSparseLinear, kernel_available
+from torchshrink.infer.kernels import isa as kernel_isa
 from torchshrink.measure import resident_bytes
 from torchshrink.measure.latency import interleaved_times
 from torchshrink.prune.sparse import SparseLinear
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+SECTIONS = ("alexnet", "deep_compression", "methods")
 NOISE = 1.10  # ratios within 10% of fp32 are inside the run-to-run spread on a loaded 2-core machine
 MODELS = ("lenet300", "lenet5", "resnet_small", "gpt_tiny")
+PLAIN = ("dense", "dense (decoded once)")  # forms that are an ordinary fp32 layer
+
+
+def round_times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Per name, the fastest of 3 back-to-back calls in each of `rounds` interleaved rounds."""
+    with torch.no_grad():
+        per = interleaved_times(fns, rounds=rounds, per_round=3, warmup=1)
+    return {k: [min(r) for r in v] for k, v in per.items()}
 
 
 def times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    with torch.no_grad():
-        per = interleaved_times(fns, rounds=rounds, per_round=3, warmup=1)
-    return {k: statistics.median(min(r) for r in v) for k, v in per.items()}
+    return {k: statistics.median(v) for k, v in round_times_ms(fns, rounds).items()}
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def loads() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def call(m: nn.Module, x: Any) -> Callable[[], Any]:
@@ -109,15 +133,18 @@ def method_rows(models: tuple[str, ...], rounds: int, mnist: Any) -> list[dict[s
                 row[f"b{batch}_ratio"] = t["inference"] / t["fp32"]
                 row[f"b{batch}_training_form_ratio"] = t["training form"] / t["fp32"]
                 row[f"b{batch}_forms"] = forms(inf.torchshrink_inference)
+                plain = all(r["chosen"] in PLAIN for r in inf.torchshrink_inference.values())
                 if batch == 1:
                     row["resident_ratio"] = resident_bytes(inf) / base_bytes
                     row["resident_bytes"] = resident_bytes(inf)
                 if row[f"b{batch}_ratio"] > NOISE:
-                    notes.append(f"b{batch}: {row[f'b{batch}_forms']}")
+                    why = ("every layer a plain fp32 layer (no compressed form measured faster), i.e. the fp32 "
+                           "model: timing noise" if plain else f"forms chosen: {row[f'b{batch}_forms']}")
+                    notes.append(f"b{batch} slower than fp32 by more than {NOISE - 1:.0%}: {why}")
             if row["resident_ratio"] > 1.0:
-                notes.append("larger than fp32")
+                notes.append(f"larger than fp32 in memory ({row['b1_forms']})")
             if notes:
-                row["note"] = f"slower than fp32 by more than {NOISE - 1:.0%}; forms chosen: " + "; ".join(notes)
+                row["note"] = "; ".join(notes)
             rows.append(row)
             print(f"  {name:12s} {method.name:18s} b1 {row['b1_ratio']:.2f}x b32 {row['b32_ratio']:.2f}x "
                   f"mem {row['resident_ratio']:.3f}", flush=True)
@@ -156,8 +183,9 @@ def deep_compression(rounds: int, mnist: Any, epochs: int) -> dict[str, Any]:
     return out
 
 
-def alexnet_layers(rounds: int) -> list[dict[str, Any]]:
+def alexnet_layers(rounds: int) -> dict[str, Any]:
     rows = []
+    load_before = loads()
     g = torch.Generator().manual_seed(0)
     for out_f, in_f, density in ((4096, 9216, 0.09), (4096, 4096, 0.09), (1000, 4096, 0.25)):
         w = torch.randn(out_f, in_f, generator=g) * 0.01
@@ -174,64 +202,98 @@ def alexnet_layers(rounds: int) -> list[dict[str, Any]]:
         x = torch.randn(1, in_f, generator=g)
         with torch.no_grad():
             err = float((ours(x) - dense(x)).abs().max()), float((ours_s(x) - dense_s(x)).abs().max())
-        t = times_ms({"dense fp32": call(dense, x), "torch CSR": call(torch_csr, x), "compact CSR": call(ours, x),
-                      "compact CSR + codebook": call(ours_s, x)}, rounds)
-        rows.append({"shape": f"{out_f}x{in_f}", "density": density, "ms": t,
-                     "speedup_compact": t["dense fp32"] / t["compact CSR"],
-                     "speedup_codebook": t["dense fp32"] / t["compact CSR + codebook"],
-                     "speedup_torch_csr": t["dense fp32"] / t["torch CSR"], "max_abs_err": err,
-                     "bytes": {"dense": resident_bytes(dense), "compact": resident_bytes(ours),
-                               "codebook": resident_bytes(ours_s), "torch CSR": resident_bytes(torch_csr)}})
-        print(f"  {out_f}x{in_f} @ {density:.0%}: {t}", flush=True)
-    return rows
+        per = round_times_ms({"dense fp32": call(dense, x), "torch CSR": call(torch_csr, x),
+                              "compact CSR": call(ours, x), "compact CSR + codebook": call(ours_s, x)}, rounds)
+        t = {k: statistics.median(v) for k, v in per.items()}
+        row: dict[str, Any] = {"shape": f"{out_f}x{in_f}", "density": density,
+                               "measured_density": float((w != 0).float().mean()), "nnz": ours.nnz, "ms": t,
+                               "max_abs_err": err,
+                               "bytes": {"dense": resident_bytes(dense), "compact": resident_bytes(ours),
+                                         "codebook": resident_bytes(ours_s), "torch CSR": resident_bytes(torch_csr)}}
+        for key, name in (("compact", "compact CSR"), ("codebook", "compact CSR + codebook"),
+                          ("torch_csr", "torch CSR")):
+            row[f"speedup_{key}"] = t["dense fp32"] / t[name]
+            # dense and this form timed in the same round: the spread of their ratio over rounds
+            ratios = sorted(d / o for d, o in zip(per["dense fp32"], per[name]))
+            row[f"speedup_{key}_rounds"] = {"min": ratios[0], "q25": ratios[len(ratios) // 4],
+                                            "q75": ratios[(3 * len(ratios)) // 4], "max": ratios[-1]}
+        rows.append(row)
+        print(f"  {out_f}x{in_f} @ {density:.0%}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in t.items()), flush=True)
+    return {"rounds": rounds, "batch": 1, "kernel_loop": kernel_isa(), "load_average_before": load_before,
+            "load_average_after": loads(), "layers": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--only", choices=("methods", "deep_compression", "alexnet"), action="append")
+    p.add_argument("--threads", default="1", help="a thread count, or 'all' for torch's default (%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/inference[_threads<N>].json")
+    p.add_argument("--only", choices=SECTIONS, action="append")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15, 5 with --quick)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    only = set(args.only or ("methods", "deep_compression", "alexnet"))
-    rounds = 5 if args.quick else 15
-    load_before = os.getloadavg()
+    if args.threads == "all":
+        threads = torch.get_num_threads()
+    elif args.threads.isdigit() and int(args.threads) >= 1:
+        threads = int(args.threads)
+    else:
+        p.error(f"--threads must be a positive count or 'all', got {args.threads!r}")
+    torch.set_num_threads(threads)
+    out = args.out or RESULTS.with_name("inference.json" if threads == 1 else f"inference_threads{threads}.json")
+    only = [s for s in SECTIONS if s in set(args.only or SECTIONS)]
+    rounds = args.rounds or (5 if args.quick else 15)
+    result: dict[str, Any] = {}
+    if args.only and out.exists():
+        result = json.loads(out.read_text())
+        if result.get("threads") != threads or result.get("quick") != args.quick:
+            p.error(f"{out} holds a run at {result.get('threads')} thread(s), quick={result.get('quick')}; "
+                    "merge only a run of the same protocol, or pass --out")
+    result.update({"threads": threads, "quick": args.quick, "kernel_compiled": kernel_available(),
+                   "kernel_loop": kernel_isa(), "torch": torch.__version__, "machine": platform.machine(),
+                   "cpu_count": os.cpu_count()})
     mnist = ts.data.load("mnist5k")
-    result: dict[str, Any] = {"threads": args.threads, "quick": args.quick, "kernel_compiled": kernel_available(),
-                              "torch": torch.__version__, "machine": platform.machine(),
-                              "load_average_before": load_before}
-    if "alexnet" in only:
-        print("AlexNet-sized FC layers, batch 1:")
-        result["alexnet_layers"] = alexnet_layers(rounds)
-    if "deep_compression" in only:
-        print("Deep Compression lenet300:")
-        result["deep_compression"] = deep_compression(rounds, mnist, 1 if args.quick else 3)
-    if "methods" in only:
-        print("every method, inference form vs fp32:")
-        result["methods"] = method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist)
-    result["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    for section in only:
+        t0, before = time.perf_counter(), loads()
+        if section == "alexnet":
+            print("AlexNet-sized FC layers, batch 1:")
+            result["alexnet_layers"] = alexnet_layers(rounds)
+        elif section == "deep_compression":
+            print("Deep Compression lenet300:")
+            result["deep_compression"] = deep_compression(rounds, mnist, 1 if args.quick else 3)
+        else:
+            print("every method, inference form vs fp32:")
+            result["methods"] = method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist)
+        result.setdefault("sections", {})[section] = {"load_average_before": before, "load_average_after": loads(),
+                                                      "seconds": round(time.perf_counter() - t0, 1),
+                                                      "rounds": rounds, "nice": os.nice(0), "utc": _utc()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print_tables(result)
+    print(f"wrote {out}")
     return 0
 
 
 def print_tables(r: dict[str, Any]) -> None:
-    print(f"\n{r['threads']} thread(s); load average before {r['load_average_before']}, after "
-          f"{r['load_average_after']}; compiled kernel: {r['kernel_compiled']}")
+    print(f"\n{r['threads']} thread(s); compiled kernel: {r['kernel_compiled']} ({r.get('kernel_loop')}); "
+          "load average (1, 5, 15 min) per section: "
+          + "; ".join(f"{k} {v['load_average_before']} -> {v['load_average_after']}"
+                      for k, v in r.get("sections", {}).items()))
     if "alexnet_layers" in r:
+        layers = r["alexnet_layers"]["layers"]
         print(table(("layer", "density", "dense ms", "torch CSR ms", "compact ms", "codebook ms", "compact x",
-                     "codebook x", "torch CSR x"),
+                     "codebook x", "torch CSR x", "worst round compact x / codebook x"),
                     [(a["shape"], a["density"], a["ms"]["dense fp32"], a["ms"]["torch CSR"], a["ms"]["compact CSR"],
                       a["ms"]["compact CSR + codebook"], a["speedup_compact"], a["speedup_codebook"],
-                      a["speedup_torch_csr"]) for a in r["alexnet_layers"]],
+                      a["speedup_torch_csr"],
+                      f"{a['speedup_compact_rounds']['min']:.2f} / {a['speedup_codebook_rounds']['min']:.2f}")
+                     for a in layers],
                     float_format=".3g", title="\nAlexNet-sized sparse FC layers at batch 1 (x = faster than dense)"))
     if "deep_compression" in r:
         d = r["deep_compression"]
         rows = [(f"batch {b}", d[f"b{b}_ms"]["fp32"], d[f"b{b}_ms"]["speed"], d[f"b{b}_ms"]["memory"],
-                 d[f"b{b}_ms"]["training form"]) for b in (1, 64)]
-        print(table(("", "fp32 ms", "speed ms", "memory ms", "training form ms"), rows, float_format=".4g",
+                 d[f"b{b}_ms"]["training form"], d[f"b{b}_ms"]["speed"] / d[f"b{b}_ms"]["fp32"],
+                 d[f"b{b}_ms"]["memory"] / d[f"b{b}_ms"]["fp32"]) for b in (1, 64)]
+        print(table(("", "fp32 ms", "speed ms", "memory ms", "training form ms", "speed/fp32", "memory/fp32"), rows,
+                    float_format=".4g",
                     title=f"\nDeep Compression lenet300 (acc fp32 {d['accuracy_fp32']:.2f}, compressed "
                           f"{d['accuracy_compressed']:.2f}); resident bytes fp32 {d['fp32_resident_bytes']:,}, "
                           f"training form {d['training_form_resident_bytes']:,}, speed {d['speed_resident_bytes']:,},"

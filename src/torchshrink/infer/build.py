@@ -104,7 +104,7 @@ def _linear_candidates(m: nn.Linear) -> dict[str, nn.Module]:
         if m.in_features <= MAX_SPARSE_INPUTS:
             out["compact CSR"] = CompactSparseLinear(w, b)
             cb = params.find(m, Codebook)
-            if cb is not None and cb.k <= 255 and len(params.chain(m)) <= 2:
+            if cb is not None and cb.k <= kernels.MAX_TABLE and len(params.chain(m)) <= 2:
                 out["compact CSR + codebook"] = CompactSparseLinear(w, b, codebook=(cb.codebook.detach(), cb.indices))
         plain = _dense_linear(w, b)
         out["torch CSR"] = SparseLinear.from_linear(plain)

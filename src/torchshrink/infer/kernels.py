@@ -5,13 +5,14 @@ At batch 1 a Linear layer is bound by memory traffic, not arithmetic: dense fp32
 per weight. torch's CSR kernel reads 8-byte column indices and 4-byte values per nonzero plus
 per-call setup, so at 9% density it barely beats dense. This kernel stores 2-byte column
 indices (uint16, any layer up to 65,536 inputs) with either fp32 values (6 bytes per nonzero)
-or 1-byte codebook indices into a 256-entry table (3 bytes per nonzero, Deep Compression's
-shared weights), which is what makes the sparse form several times faster than dense.
+or 1-byte codebook indices into a table of up to 256 entries (3 bytes per nonzero, Deep
+Compression's shared weights), and gathers the inputs with SIMD gathers where the CPU has them
+(`csr_source` says how), which is what makes the sparse form several times faster than dense.
 
 The library is plain C (no torch headers), so it compiles in about a second; it is called
-through ctypes with tensor data pointers, and cached by source hash under
-`~/.cache/torchshrink/kernels`. No compiler, or a failed compile, leaves `available()` False
-and callers run torch's own CSR or dense kernels instead.
+through ctypes with tensor data pointers (ctypes releases the GIL during the call), and cached
+by source, flags and CPU under `~/.cache/torchshrink/kernels`. No compiler, or a failed
+compile, leaves `available()` False and callers run torch's own CSR or dense kernels instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import os
 import platform
 import shutil
@@ -28,88 +30,25 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BLOCK_COLUMNS", "available", "blocked_csr", "csr_matmul", "library_path"]
+from torchshrink.infer.csr_source import SOURCE
 
-BLOCK_COLUMNS = 4096  # 16 KB of fp32 inputs per block: half of a typical 32 KB L1 data cache
+__all__ = ["BLOCK_COLUMNS", "MAX_TABLE", "BoundCsr", "available", "blocked_csr", "csr_matmul", "isa", "library_path"]
 
-_SOURCE = r"""
-#include <stdint.h>
-#include <string.h>
+# 16 KB of fp32 inputs per block: the gathered slice of x stays in a 32 KB L1 data cache
+# beside the streamed weights (measured: 2048 to 16384 columns run within noise of each other
+# on a 48 KB L1, so the smaller caches decide).
+BLOCK_COLUMNS = 4096
+MAX_TABLE = 256  # uint8 codebook indices
 
-/* y (B, n_out) = x (B, n_in) W^T + bias, W as CSR rows; xt is x transposed (n_in, B). */
-/* rowptr holds n_blocks consecutive row-pointer arrays, one per column block, so the slice of
-   x a block gathers from stays in L1 cache; block 0 adds the bias, later blocks accumulate. */
-#define ROW_LOOP(VALUE)                                                          \
-  for (int64_t blk = 0; blk < n_blocks; ++blk) {                                 \
-  const int32_t *rp = rowptr + blk * (n_out + 1);                                \
-  for (int64_t r = 0; r < n_out; ++r) {                                          \
-    int32_t s = rp[r], e = rp[r + 1];                                            \
-    const float base = blk ? 0.f : (bias ? bias[r] : 0.f);                      \
-    if (B == 1) {                                                                \
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;                              \
-      float a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;                              \
-      int32_t j = s;                                                             \
-      for (; j + 7 < e; j += 8) {                                                \
-        a0 += VALUE(j) * xt[cols[j]];                                            \
-        a1 += VALUE(j + 1) * xt[cols[j + 1]];                                    \
-        a2 += VALUE(j + 2) * xt[cols[j + 2]];                                    \
-        a3 += VALUE(j + 3) * xt[cols[j + 3]];                                    \
-        a4 += VALUE(j + 4) * xt[cols[j + 4]];                                    \
-        a5 += VALUE(j + 5) * xt[cols[j + 5]];                                    \
-        a6 += VALUE(j + 6) * xt[cols[j + 6]];                                    \
-        a7 += VALUE(j + 7) * xt[cols[j + 7]];                                    \
-      }                                                                          \
-      for (; j < e; ++j) a0 += VALUE(j) * xt[cols[j]];                           \
-      const float t = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));   \
-      y[r] = blk ? y[r] + t : t + base;                                          \
-    } else {                                                                     \
-      for (int64_t b0 = 0; b0 < B; b0 += 16) {                                   \
-        int64_t nb = B - b0 < 16 ? B - b0 : 16;                                  \
-        float acc[16];                                                           \
-        for (int64_t b = 0; b < 16; ++b) acc[b] = 0.f;                           \
-        for (int32_t j = s; j < e; ++j) {                                        \
-          const float v = VALUE(j);                                              \
-          const float *xr = xt + (int64_t)cols[j] * B + b0;                      \
-          if (nb == 16) {                                                        \
-            for (int64_t b = 0; b < 16; ++b) acc[b] += v * xr[b];                \
-          } else {                                                               \
-            for (int64_t b = 0; b < nb; ++b) acc[b] += v * xr[b];                \
-          }                                                                      \
-        }                                                                        \
-        for (int64_t b = 0; b < nb; ++b) {                                       \
-          float *yo = y + (b0 + b) * n_out + r;                                  \
-          *yo = blk ? *yo + acc[b] : acc[b] + base;                              \
-        }                                                                        \
-      }                                                                          \
-    }                                                                            \
-  }                                                                              \
-  }
-
-#define F32_VALUE(j) vals[j]
-#define CODE_VALUE(j) table[codes[j]]
-
-void ts_csr_f32(int64_t n_out, int64_t n_blocks, int64_t B, const int32_t *rowptr, const uint16_t *cols,
-                const float *vals, const float *xt, const float *bias, float *y) {
-  ROW_LOOP(F32_VALUE)
-}
-
-void ts_csr_code(int64_t n_out, int64_t n_blocks, int64_t B, const int32_t *rowptr, const uint16_t *cols,
-                 const uint8_t *codes, const float *table, const float *xt, const float *bias,
-                 float *y) {
-  ROW_LOOP(CODE_VALUE)
-}
-"""
+# No -ffast-math: a shared library built with it sets flush-to-zero for the whole process on
+# load, changing every other float computation of the user's program. Reassociation alone is
+# what the scalar accumulators need to vectorize.
+_FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+          "-fno-math-errno", "-fPIC", "-shared", "-pthread")
 
 
 def _cache_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".cache" / "torchshrink" / "kernels"
-
-
-# No -ffast-math: a shared library built with it sets flush-to-zero for the whole process on
-# load, changing every other float computation of the user's program. Reassociation alone is
-# what the accumulators need to vectorize.
-_FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-          "-fno-math-errno", "-fPIC", "-shared")
 
 
 def _cpu_signature() -> str:
@@ -122,38 +61,46 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
-def library_path() -> Path:
-    key = "\0".join((_SOURCE, *_FLAGS, platform.machine(), _cpu_signature()))
+def library_path(extra_flags: tuple[str, ...] = ()) -> Path:
+    key = "\0".join((SOURCE, *_FLAGS, *extra_flags, platform.machine(), _cpu_signature()))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return _cache_dir() / f"csr_{digest}.so"
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    path = library_path()
+def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The library compiled with `_FLAGS` plus `extra_flags` (tests pass e.g. -mno-avx512f
+    to check the AVX2 and plain-C loops on a CPU that would otherwise take the AVX-512 one)."""
+    path = library_path(extra_flags)
     if not path.exists():
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")
+        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc is None:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            src, out = Path(tmp) / "csr.c", Path(tmp) / "csr.so"
-            src.write_text(_SOURCE)
-            cmd = [cc, *_FLAGS, "-x", "c", str(src), "-o", str(out)]
-            try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                src, out = Path(tmp) / "csr.c", Path(tmp) / "csr.so"
+                src.write_text(SOURCE)
+                cmd = [cc, *_FLAGS, *extra_flags, "-x", "c", str(src), "-o", str(out)]
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            except (OSError, subprocess.SubprocessError):
-                return None
-            os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
+                os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
+        except (OSError, subprocess.SubprocessError):
+            return None
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.ts_csr_f32.argtypes = [i64, i64, i64, p, p, p, p, p, p]
-    lib.ts_csr_code.argtypes = [i64, i64, i64, p, p, p, p, p, p, p]
+    lib.ts_csr_f32.argtypes = [i64, i64, i64, p, p, p, p, p, p, i64]
+    lib.ts_csr_code.argtypes = [i64, i64, i64, p, p, p, p, i64, p, p, p, i64]
     lib.ts_csr_f32.restype = lib.ts_csr_code.restype = None
+    lib.ts_csr_isa.argtypes = []
+    lib.ts_csr_isa.restype = ctypes.c_int
     return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    return _build(())
 
 
 def available() -> bool:
@@ -161,31 +108,68 @@ def available() -> bool:
     return _library() is not None
 
 
+def isa() -> str:
+    """Which loop the compiled kernel runs: "avx512", "avx2", "scalar", or "none" (not built)."""
+    lib = _library()
+    if lib is None:
+        return "none"
+    return {512: "avx512", 256: "avx2"}.get(int(lib.ts_csr_isa()), "scalar")
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+class BoundCsr:
+    """A compact CSR matrix with its kernel arguments worked out once: at batch 1 a small
+    layer's whole kernel call takes a few microseconds, so the Python around it (pointer
+    look-ups, argument checks) must not take longer. Holds references to its tensors, so
+    `bound_to` can tell when a module's buffers were replaced (`.to()`, assignment)."""
+
+    def __init__(self, rowptr: torch.Tensor, cols: torch.Tensor, n_out: int, *,
+                 values: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                 table: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 lib: ctypes.CDLL | None = None) -> None:
+        lib = lib or _library()
+        assert lib is not None, "the compact CSR kernel needs the compiled library; check available() first"
+        self.tensors = (rowptr, cols, values, codes, table, bias)
+        self.n_out = n_out
+        n_blocks = rowptr.shape[0] if rowptr.dim() == 2 else 1
+        self._head = (n_out, n_blocks)
+        if codes is not None:
+            assert table is not None and 1 <= table.numel() <= MAX_TABLE, "codes need a table of 1..256 entries"
+            self._fn = lib.ts_csr_code
+            self._mid: tuple[int | None, ...] = (_ptr(rowptr), _ptr(cols), _ptr(codes), _ptr(table), table.numel())
+        else:
+            assert values is not None
+            self._fn = lib.ts_csr_f32
+            self._mid = (_ptr(rowptr), _ptr(cols), _ptr(values))
+        self._bias = _ptr(bias)
+
+    def bound_to(self, *tensors: torch.Tensor | None) -> bool:
+        return all(map(operator.is_, self.tensors, tensors))
+
+    def __call__(self, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        """(B, n_in) float32 CPU x -> (B, n_out) float32."""
+        batch = x.shape[0]
+        xt = x.contiguous() if batch == 1 else x.t().contiguous()
+        y = torch.empty(batch, self.n_out, dtype=torch.float32)
+        n_threads = torch.get_num_threads() if threads is None else threads
+        self._fn(*self._head, batch, *self._mid, xt.data_ptr(), self._bias, y.data_ptr(), n_threads)
+        return y
+
+
 def csr_matmul(x: torch.Tensor, rowptr: torch.Tensor, cols: torch.Tensor, n_out: int, *,
                values: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-               table: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+               table: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               threads: int | None = None, _lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """(B, n_in) float32 x times the column-blocked CSR matrix (int32 rowptr of shape
     (n_blocks, n_out + 1) with offsets into the whole arrays, uint16 cols, and either fp32
-    `values` or uint8 `codes` into a float32 `table`), plus `bias`: (B, n_out) float32.
-    The caller checks `available()` first."""
-    lib = _library()
-    assert lib is not None, "csr_matmul needs the compiled kernel; check available() first"
-    batch = x.shape[0]
-    n_blocks = rowptr.shape[0] if rowptr.dim() == 2 else 1
-    xt = x.contiguous() if batch == 1 else x.t().contiguous()
-    y = torch.empty(batch, n_out, dtype=torch.float32)
-    if codes is not None:
-        assert table is not None
-        lib.ts_csr_code(n_out, n_blocks, batch, _ptr(rowptr), _ptr(cols), _ptr(codes), _ptr(table), _ptr(xt),
-                        _ptr(bias), _ptr(y))
-    else:
-        assert values is not None
-        lib.ts_csr_f32(n_out, n_blocks, batch, _ptr(rowptr), _ptr(cols), _ptr(values), _ptr(xt), _ptr(bias), _ptr(y))
-    return y
+    `values` or uint8 `codes` into a float32 `table` of 1..256 entries), plus `bias`:
+    (B, n_out) float32. `threads` defaults to torch's intra-op thread count; small layers run
+    on one whatever it says. The caller checks `available()` first."""
+    bound = BoundCsr(rowptr, cols, n_out, values=values, codes=codes, table=table, bias=bias, lib=_lib)
+    return bound(x, threads)
 
 
 def blocked_csr(keep: torch.Tensor, block: int = BLOCK_COLUMNS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
