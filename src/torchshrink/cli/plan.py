@@ -35,6 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--search joint: epochs of fine-tuning after applying the plan")
     p.add_argument("--finetune-lr", type=options.positive_float, default=1e-3,
                    help="--search joint: learning rate of that fine-tuning (default 0.001)")
+    p.add_argument("--refine", type=options.positive_int, default=None,
+                   help="--search joint: validation evaluations for a local search after the DP (exchanges "
+                        "options between layers where the real metric improves)")
+    p.add_argument("--workers", type=options.positive_int, default=None,
+                   help="--search joint: processes measuring the option database in parallel")
+    p.add_argument("--threads-per-worker", type=options.positive_int, default=None,
+                   help="--search joint: torch threads of each worker (default 1)")
+    p.add_argument("--ray-address", default=None,
+                   help="--search joint: measure the option database as tasks on this Ray cluster "
+                        "('auto', 'ray://host:10001'; pip install 'torchshrink[ray]')")
     p.add_argument("--recipe-out", default=None,
                    help="--search joint: write the YAML recipe that reproduces the plan")
     p.add_argument("--recipe", action="append", default=None,
@@ -62,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     joint = args.search == "joint"
     if not joint:
         used = [f for f, v in (("--max-macs", args.max_macs), ("--finetune", args.finetune),
-                               ("--recipe-out", args.recipe_out)) if v is not None]
+                               ("--recipe-out", args.recipe_out), ("--refine", args.refine),
+                               ("--workers", args.workers), ("--threads-per-worker", args.threads_per_worker),
+                               ("--ray-address", args.ray_address)) if v is not None]
         if used:
             raise ConfigError(f"{', '.join(used)} belong to the joint search: add --search joint")
     elif args.recipe:
@@ -83,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if joint:
         extra = {"search": "joint", "max_macs": args.max_macs, "finetune": args.finetune or 0,
-                 "finetune_lr": args.finetune_lr}
+                 "finetune_lr": args.finetune_lr, "refine": args.refine or 0, "workers": args.workers or 1,
+                 "threads_per_worker": args.threads_per_worker or 1, "ray_address": args.ray_address}
     res = ts.plan.plan(b.model, recipes, evaluate=val_accuracy, max_bytes=args.max_bytes,
                   max_latency=args.max_latency, example=example, train=b.train, val=b.val, calibration=b.train,
                   progress=not args.quiet, **extra)

@@ -41,6 +41,8 @@ def _units(costs: Sequence[np.ndarray], budget: float, resolution: int) -> tuple
     integral = all(np.all(np.equal(np.floor(c), c)) for c in costs) and float(budget).is_integer()
     if integral and budget <= resolution:
         return [c.astype(np.int64) for c in costs], int(budget)
+    if budget <= 0:  # only free options fit: they cost 0 units, anything else more than the cap
+        return [np.where(c > 0, 1, 0).astype(np.int64) for c in costs], 0
     unit = budget / resolution
     # A tiny slack so a cost that is an exact multiple of the unit is not bumped up by float noise.
     return [np.ceil(c / unit - 1e-9).astype(np.int64).clip(min=0) for c in costs], resolution

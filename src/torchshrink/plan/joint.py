@@ -8,7 +8,8 @@
    it when asked, save it to a temporary file, load it back and measure the file's bytes, the
    metric (and latency) on what was read back. Where the file misses the budget the budget is
    tightened by the miss and the plan solved again (`retries` times);
-4. sweep the budget to draw the Pareto front of predicted error, verifying a few points.
+4. sweep the byte budget (and the latency budget, where one is set) to draw the Pareto fronts
+   of predicted error, verifying a few points (`PlanResult.plot_pareto`).
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ def plan_joint(
     retries: int = 3,
     pareto_points: int = 8,
     verify_points: int = 3,
+    refine: int = 0,
+    workers: int = 1,
+    threads_per_worker: int = 1,
+    ray_address: str | None = None,
 ) -> PlanResult:
     """Choose one option per layer (sparsity, bits, k-means bits, SVD rank or a stack) that
     minimizes the summed error under max_bytes / max_macs / max_latency (<= 1: a fraction of the
@@ -131,6 +136,11 @@ def plan_joint(
     database: a database from an earlier call (`result.database`), to solve another budget
         without measuring again.
     finetune: epochs of `fit` after applying (needs train=); finetune_lr its learning rate.
+    refine: evaluations of `evaluate` (pass a validation metric) a local search may spend after
+        the DP, exchanging options between layers within the budgets where the real metric
+        improves (`refine.local_search`); 0 keeps the DP's choice.
+    workers / threads_per_worker / ray_address: measure the option database in that many
+        processes with that many torch threads each, or as tasks on a Ray cluster (`workers.py`).
     Returns a PlanResult with .model, .per_layer, .pareto, .recipe (YAML: `.recipe.to_yaml()`).
     """
     from torchshrink.codec.container import encode_model
@@ -142,6 +152,11 @@ def plan_joint(
                           "<= 1 is a fraction of the baseline model)")
     for n, v in (("max_bytes", max_bytes), ("max_latency", max_latency), ("max_macs", max_macs)):
         _limit(n, v, 1.0)
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ConfigError(f"refine must be a whole number of evaluations >= 0, got {refine!r}")
+    from torchshrink.plan.workers import check_workers
+
+    check_workers(workers, threads_per_worker, ray_address)
     if error not in ("output", "model"):
         raise ConfigError(f"error must be 'output' or 'model', got {error!r}")
     if finetune and train is None:
@@ -169,7 +184,8 @@ def plan_joint(
     db = database if database is not None else build_database(
         model, calibration, example=example, options=options, targets=targets, ignore=ignore,
         calibration_batches=calibration_batches, model_error=error == "model", latency=need_latency,
-        latency_runs=latency_runs, threads=threads, progress=progress)
+        latency_runs=latency_runs, threads=threads, progress=progress, workers=workers,
+        threads_per_worker=threads_per_worker, ray_address=ray_address)
     seconds = {"database": time.perf_counter() - t0 if database is None else 0.0}
     errors = db.errors(error)
     costs = {k: db.costs(k) for k in {"bytes", *limits_set}}
@@ -182,6 +198,37 @@ def plan_joint(
     def choice_of(a: Allocation) -> dict[str, LayerOption]:
         return {n: db.rows[n][j].option for n, j in zip(db.layers, a.choice)}
 
+    refine_left = refine
+    refinements: list[dict[str, Any]] = []
+
+    def refined(a: Allocation, budgets: dict[str, float]) -> Allocation:
+        # Spend what is left of the evaluation budget on a local search from the DP's choice.
+        nonlocal refine_left
+        if refine_left <= 0 or not a.feasible:
+            return a
+        from torchshrink.plan.refine import local_search
+
+        def score(ch: list[int]) -> float:
+            opts = {n: db.rows[n][j].option for n, j in zip(db.layers, ch)}
+            if all(o == LayerOption() for o in opts.values()):
+                return float(base.metric or 0.0)
+            m = compress(copy.deepcopy(model), plan_recipe(opts), calibration=calibration, example=example,
+                         progress=False, measure_file=False).model
+            return float(evaluate(m))
+
+        layer_budgets = {k: max(0.0, v - fixed[k]) for k, v in budgets.items()}
+        r = local_search(a.choice, errors, costs, layer_budgets, score, evaluations=refine_left)
+        refine_left -= len(r.history) + 1
+        refinements.append({"start_metric": r.start_metric, "metric": r.metric, "evaluations": len(r.history) + 1,
+                            "moves": [{"changed": {db.layers[i]: db.rows[db.layers[i]][j].option.name
+                                                   for i, j in enumerate(h["choice"]) if j != a.choice[i]},
+                                       "metric": h["metric"], "accepted": h["accepted"]} for h in r.history]})
+        if r.choice == a.choice:
+            return a
+        err = float(sum(errors[i][j] for i, j in enumerate(r.choice)))
+        tot = {k: float(sum(c[i][j] for i, j in enumerate(r.choice))) for k, c in costs.items()}
+        return Allocation(r.choice, err, tot, True, a.method + "+local search")
+
     ft = FineTune(epochs=finetune, lr=finetune_lr) if finetune else None
     t0 = time.perf_counter()
     budgets = dict(limits_set)
@@ -190,8 +237,14 @@ def plan_joint(
     best_model: nn.Module | None = None
     chosen: Allocation | None = None
     bar = progress_bar(retries + 1, "plan: solve and verify", progress)
+    solve_s = refine_s = 0.0
     for attempt in range(retries + 1):
+        t1 = time.perf_counter()
         alloc = solve(budgets)
+        solve_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        alloc = refined(alloc, budgets)
+        refine_s += time.perf_counter() - t1
         choice = choice_of(alloc)
         if all(o == LayerOption() for o in choice.values()):
             cand, m = copy.deepcopy(base), copy.deepcopy(model)
@@ -223,11 +276,17 @@ def plan_joint(
     if bar is not None:
         bar.close()
     seconds["solve_and_verify"] = time.perf_counter() - t0
+    seconds["solve"] = solve_s
+    seconds["refine"] = refine_s
+    seconds["verify"] = seconds["solve_and_verify"] - solve_s - refine_s
     assert best is not None and chosen is not None
 
     t0 = time.perf_counter()
     pareto = _pareto(db, solve, choice_of, verify, fixed["bytes"], base.file_bytes or 0, limits["bytes"],
                      pareto_points, verify_points, progress)
+    if need_latency:  # the latency-vs-metric front too
+        pareto += _pareto(db, solve, choice_of, verify, fixed["latency_ms"], base.latency_ms or 0.0,
+                          limits["latency_ms"], pareto_points, verify_points, progress, axis="latency_ms")
     seconds["pareto"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     final_choice = choice_of(chosen)
@@ -240,7 +299,7 @@ def plan_joint(
                          "max_macs": limits["macs"]},
                         search="joint", per_layer=per_layer,
                         pareto=[{k: v for k, v in p.items() if k != "candidate"} for p in pareto],
-                        recipe=recipe, seconds=seconds, database=db)
+                        recipe=recipe, seconds=seconds, database=db, refinements=refinements)
     return result
 
 
@@ -255,30 +314,35 @@ def _per_layer(db: OptionDatabase, a: Allocation, errors: list[list[float]]) -> 
 
 def _pareto(db: OptionDatabase, solve: Callable[[dict[str, float]], Allocation],
             choice_of: Callable[[Allocation], dict[str, LayerOption]], verify: _Verifier,
-            fixed: float, base_bytes: int, limit: float | None, points: int, verified: int,
-            progress: bool) -> list[dict[str, Any]]:
-    """Budgets from the smallest plan to the fp32 file, geometric; each solved by the DP, a few
-    (evenly spread) applied and measured without fine-tuning."""
+            fixed: float, base_cost: float, limit: float | None, points: int, verified: int,
+            progress: bool, axis: str = "bytes") -> list[dict[str, Any]]:
+    """Budgets on `axis` ("bytes" or "latency_ms") from the smallest plan to the fp32 model,
+    geometric; each solved by the DP, a few (evenly spread) applied and measured without
+    fine-tuning (file bytes, metric, and latency where the verifier times)."""
     if points < 1:
         return []
+    costs = db.costs(axis)
     # the smallest plan, with room for the DP's rounding up (one unit per layer)
-    lo = (fixed + sum(min(r.bytes for r in db.rows[n]) for n in db.layers)) * 1.02
-    hi = float(base_bytes)
-    grid = [lo * (hi / lo) ** (i / max(points - 1, 1)) for i in range(points)] if lo < hi else [hi]
+    lo = (fixed + sum(min(c) for c in costs)) * 1.02
+    hi = float(base_cost)
+    grid = [lo * (hi / lo) ** (i / max(points - 1, 1)) for i in range(points)] if 0 < lo < hi else [hi]
     picks = set() if verified < 1 else {round(i * (len(grid) - 1) / max(verified - 1, 1))
                                         for i in range(min(verified, len(grid)))}
     out: list[dict[str, Any]] = []
-    bar = progress_bar(len(picks), "plan: pareto", progress)
+    bar = progress_bar(len(picks), f"plan: pareto ({axis})", progress)
     for i, b in enumerate(grid):
-        a = solve({"bytes": b})
-        row: dict[str, Any] = {"budget_bytes": b, "predicted_bytes": fixed + a.costs["bytes"],
+        a = solve({axis: b})
+        row: dict[str, Any] = {"axis": axis, "budget": b, "predicted": fixed + a.costs[axis],
                                "predicted_error": a.error, "feasible": a.feasible,
                                "choice": {n: o.name for n, o in choice_of(a).items()},
-                               "file_bytes": None, "metric": None}
+                               "file_bytes": None, "latency_ms": None, "metric": None}
+        if axis == "bytes":  # the names the bytes sweep has always had
+            row.update(budget_bytes=b, predicted_bytes=row["predicted"])
         if i in picks and a.feasible and any(o != LayerOption() for o in choice_of(a).values()):
             cand, _ = verify(plan_recipe(choice_of(a), name="pareto"), f"pareto point {i + 1} (no fine-tune)")
-            cand.meets_budget = limit is None or (cand.file_bytes or 0) <= limit
-            row.update(file_bytes=cand.file_bytes, metric=cand.metric, candidate=cand)
+            got = cand.file_bytes if axis == "bytes" else cand.latency_ms
+            cand.meets_budget = limit is None or (got or 0) <= limit
+            row.update(file_bytes=cand.file_bytes, latency_ms=cand.latency_ms, metric=cand.metric, candidate=cand)
             if bar is not None:
                 bar.update(1)
         out.append(row)

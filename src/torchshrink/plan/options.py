@@ -30,6 +30,9 @@ from torchshrink.errors import ConfigError, ShrinkError
 from torchshrink.nn import select_layers, set_module
 from torchshrink.nn.shapes import record_inputs
 from torchshrink.nn.surgery import isolate
+from torchshrink.plan.workers import Job as _Job
+from torchshrink.plan.workers import Shared as _Shared
+from torchshrink.plan.workers import check_workers, run_jobs
 from torchshrink.progress import progress_bar
 
 __all__ = ["LayerOption", "OptionRow", "OptionDatabase", "default_options", "build_database"]
@@ -223,6 +226,9 @@ def build_database(
     latency_runs: int = 10,
     threads: int | None = 1,
     progress: bool = True,
+    workers: int = 1,
+    threads_per_worker: int = 1,
+    ray_address: str | None = None,
 ) -> OptionDatabase:
     """Measure every option of every selected layer of `model` (left unchanged).
 
@@ -231,13 +237,15 @@ def build_database(
     options: `(layer name, module) -> options` (default `default_options`); the layer as it is
     is always added as option 0.
     example: one batch at the serving batch size, for latency=True.
+    workers: processes measuring options in parallel (1: in this process), each with
+        `threads_per_worker` torch threads (latency is timed with `threads`); ray_address: run
+        them as Ray tasks on that cluster instead ("auto", "ray://host:10001"; the `ray` extra).
     """
-    from torchshrink.api import apply
     from torchshrink.codec.container import encode_model
-    from torchshrink.codec.estimate import layer_bytes
     from torchshrink.measure.macs import count_macs
 
     t0 = time.perf_counter()
+    check_workers(workers, threads_per_worker, ray_address)
     model = model.eval()
     layers = [n for n, _ in select_layers(model, targets=targets, ignore=ignore)]
     if not layers:
@@ -255,14 +263,11 @@ def build_database(
             raise ConfigError("latency=True needs example= one batch at the serving batch size")
         lat_inputs = record_inputs(model, [example], layers)
     ref_logp: list[torch.Tensor] = []
-    work = copy.deepcopy(model) if model_error else None
-    if work is not None:
+    if model_error:
         with torch.no_grad():
             ref_logp = [torch.log_softmax(logits_of(call_model(model, b)).float(), dim=-1) for b in batches]
 
     base_file = len(encode_model(model))
-    rows: dict[str, list[OptionRow]] = {}
-    skipped: dict[str, list[str]] = {}
     per_layer_opts = {n: list(options(n, model.get_submodule(n)) if options else
                                default_options(model.get_submodule(n))) for n in layers}
     for n in layers:
@@ -271,44 +276,23 @@ def build_database(
         else:  # the layer as it is comes first: the allocator's fallback and the file's baseline
             per_layer_opts[n].remove(LayerOption())
             per_layer_opts[n].insert(0, LayerOption())
-    bar = progress_bar(sum(len(v) for v in per_layer_opts.values()), "plan: option database", progress)
-    for n in layers:
-        x = inputs[n]
-        orig = model.get_submodule(n)
-        with torch.no_grad():
-            ref = orig(x)
-        rows[n], skipped[n] = [], []
-        for opt in per_layer_opts[n]:
-            t1 = time.perf_counter()
-            shell = isolate(model, n)
-            try:
-                for cfg in opt.configs(n):
-                    shell = apply(shell, cfg, progress=False)
-            except (ShrinkError, ValueError, RuntimeError) as e:  # this layer cannot take it: say why
-                skipped[n].append(f"{opt.name}: {str(e).splitlines()[0][:160]}")
-                if bar is not None:
-                    bar.update(1)
-                continue
-            layer = shell.get_submodule(n).eval()
-            with torch.no_grad():
-                err = _relative_error(layer(x), ref)
-            row = OptionRow(opt, layer_bytes(shell, n), err, _layer_macs(layer, x))
-            if work is not None:
-                saved = set_module(work, n, layer)
-                try:
-                    with torch.no_grad():
-                        row.model_error = sum(_kl(logits_of(call_model(work, b)), r)
-                                              for b, r in zip(batches, ref_logp)) / len(batches)
-                finally:
-                    set_module(work, n, saved)
-            if latency:
-                row.latency_ms = _layer_latency(copy.deepcopy(layer), lat_inputs[n], latency_runs, threads)
-            row.seconds = time.perf_counter() - t1
-            rows[n].append(row)
-            if bar is not None:
-                bar.update(1)
+    state = _Shared(model, batches, ref_logp, model_error, latency, latency_runs, threads)
+    jobs = [_Job(n, opts, inputs[n], lat_inputs.get(n)) for n in layers
+            for opts in _chunks(per_layer_opts[n], len(layers), workers)]
+    rows: dict[str, list[OptionRow]] = {n: [] for n in layers}
+    skipped: dict[str, list[str]] = {n: [] for n in layers}
+    bar = progress_bar(len(jobs), "plan: option database", progress)
+    for name, got, why in run_jobs(state, jobs, workers=workers, threads_per_worker=threads_per_worker,
+                                   ray_address=ray_address):
+        rows[name] += got
+        skipped[name] += why
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
+    for n in layers:  # the order options were asked in, whichever worker measured them
+        order = {o: i for i, o in enumerate(per_layer_opts[n])}
+        rows[n].sort(key=lambda r: order[r.option])
     fixed = base_file - sum(rows[n][0].bytes for n in layers)
     total_macs = count_macs(model, _first_sample(example if example is not None else batches[0]))[0]
     fixed_macs = max(0, total_macs - sum(rows[n][0].macs for n in layers))
@@ -321,6 +305,57 @@ def build_database(
                              threads=threads).median_ms
         fixed_ms = max(0.0, whole - sum(rows[n][0].latency_ms or 0.0 for n in layers))
     return OptionDatabase(layers, rows, base_file, fixed, fixed_macs, fixed_ms, skipped, time.perf_counter() - t0)
+
+
+def _chunks(opts: list[LayerOption], layers: int, workers: int) -> list[list[LayerOption]]:
+    """A layer's options in pieces small enough that `workers` processes stay busy (about four
+    jobs each); one piece when measuring in this process."""
+    if workers <= 1:
+        return [opts]
+    per_layer = max(1, -(-4 * workers // layers))
+    size = max(1, -(-len(opts) // per_layer))
+    return [opts[i: i + size] for i in range(0, len(opts), size)]
+
+
+def measure_options(state: Any, job: Any) -> tuple[str, list[OptionRow], list[str]]:
+    """Apply each option of `job` to a copy of its layer alone and measure it (see the module
+    docstring). Runs in this process or in a worker; `state` is the model and its batches."""
+    from torchshrink.api import apply
+    from torchshrink.codec.estimate import layer_bytes
+
+    model, n, x = state.model, job.layer, job.inputs
+    with torch.no_grad():
+        ref = model.get_submodule(n)(x)
+    work = copy.deepcopy(model) if state.model_error else None
+    rows: list[OptionRow] = []
+    skipped: list[str] = []
+    for opt in job.options:
+        t1 = time.perf_counter()
+        shell = isolate(model, n)
+        try:
+            for cfg in opt.configs(n):
+                shell = apply(shell, cfg, progress=False)
+        except (ShrinkError, ValueError, RuntimeError) as e:  # this layer cannot take it: say why
+            skipped.append(f"{opt.name}: {str(e).splitlines()[0][:160]}")
+            continue
+        layer = shell.get_submodule(n).eval()
+        with torch.no_grad():
+            err = _relative_error(layer(x), ref)
+        row = OptionRow(opt, layer_bytes(shell, n), err, _layer_macs(layer, x))
+        if work is not None:
+            saved = set_module(work, n, layer)
+            try:
+                with torch.no_grad():
+                    row.model_error = sum(_kl(logits_of(call_model(work, b)), r)
+                                          for b, r in zip(state.batches, state.ref_logp)) / len(state.batches)
+            finally:
+                set_module(work, n, saved)
+        if state.latency:
+            row.latency_ms = _layer_latency(copy.deepcopy(layer), job.latency_inputs, state.latency_runs,
+                                            state.threads)
+        row.seconds = time.perf_counter() - t1
+        rows.append(row)
+    return n, rows, skipped
 
 
 def _first_sample(batch: Any) -> Any:

@@ -47,6 +47,7 @@ class PlanResult:
     recipe: Any = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     database: Any = None  # the option database, to solve another budget: plan(..., database=)
+    refinements: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # local searches run
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"search": self.search, "baseline": self.baseline.to_dict(),
@@ -54,6 +55,7 @@ class PlanResult:
                                "best": None if self.best is None else self.best.name, "budget": self.budget}
         if self.search != "menu":
             out.update(per_layer=self.per_layer, pareto=self.pareto, seconds=self.seconds,
+                       refinements=self.refinements,
                        recipe=None if self.recipe is None else self.recipe.to_dict())
         return out
 
@@ -117,3 +119,58 @@ class PlanResult:
         ax.set_title("ts.plan: every candidate measured (green: within budget)")
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
+
+    def plot_pareto(self, path: str | os.PathLike[str], *, title: str | None = None) -> None:
+        """The joint search's fronts as PNG: one panel per swept budget (file bytes, latency),
+        the measured metric of the verified points against their measured cost (solid), the
+        DP's predicted error of every point on a second axis (dashed), the baseline and the
+        chosen plan marked. Needs matplotlib: pip install 'torchshrink[plot]'."""
+        if not self.pareto:
+            raise ConfigError("this plan has no Pareto front: run ts.plan(search='joint', pareto_points=8)")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")  # no display needed
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ConfigError("PlanResult.plot_pareto needs matplotlib: pip install 'torchshrink[plot]'") from e
+        axes_present = [a for a in ("bytes", "latency_ms") if any(p.get("axis", "bytes") == a for p in self.pareto)]
+        fig, panels = plt.subplots(1, len(axes_present), figsize=(6.2 * len(axes_present), 4.2), dpi=120,
+                                   squeeze=False)
+        for ax, axis in zip(panels[0], axes_present):
+            rows = [p for p in self.pareto if p.get("axis", "bytes") == axis]
+            measured_key = "file_bytes" if axis == "bytes" else "latency_ms"
+            done = sorted((float(p[measured_key]), float(p["metric"])) for p in rows
+                          if p.get(measured_key) is not None and p.get("metric") is not None)
+            if done:
+                ax.plot(*zip(*done), "o-", color="tab:green", label="verified plans (measured)")
+            b = self.baseline
+            base_x = b.file_bytes if axis == "bytes" else b.latency_ms
+            if base_x is not None and b.metric is not None:
+                ax.scatter([base_x], [b.metric], marker="s", color="tab:blue", label="fp32 (as given)", zorder=3)
+            best = self.best
+            best_x = None if best is None else (best.file_bytes if axis == "bytes" else best.latency_ms)
+            if best is not None and best_x is not None and best.metric is not None:
+                ax.scatter([best_x], [best.metric], s=200, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                           label="chosen plan", zorder=4)
+            limit = self.budget.get("max_bytes" if axis == "bytes" else "max_latency_ms")
+            if limit is not None:
+                ax.axvline(float(limit), color="tab:red", linestyle="--", linewidth=1, label="budget")
+            twin = ax.twinx()
+            pred = sorted((float(p["predicted"] if "predicted" in p else p["predicted_bytes"]),
+                           float(p["predicted_error"])) for p in rows if p.get("feasible"))
+            if pred:
+                twin.plot(*zip(*pred), "x--", color="tab:gray", label="DP predicted error")
+            twin.set_ylabel("predicted error (sum over layers)", color="tab:gray")
+            ax.set_xscale("log")
+            ax.set_xlabel("file bytes (log)" if axis == "bytes" else "latency ms, inference form (log)")
+            ax.set_ylabel("metric (higher is better)")
+            ax.grid(True, which="both", alpha=0.3)
+            handles = ax.get_legend_handles_labels()
+            more = twin.get_legend_handles_labels()
+            ax.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=7)
+        fig.suptitle(title or "ts.plan(search='joint'): Pareto fronts")
+        fig.tight_layout()
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+
