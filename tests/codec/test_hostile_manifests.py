@@ -19,21 +19,34 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchshrink as ts
+from torchshrink.codec import fileformat, model_decode
 from torchshrink.errors import ArtifactError
 
 TIME_BOUND_S = 2.0
 MEMORY_BOUND = 200 * 2**20
 
 
-def _split(data: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes]:
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    return header, json.loads(header["__metadata__"]["ts"]), data[8 + n :]
+def _split(data: bytes, *, explicit: bool = True) -> tuple[None, dict[str, Any], bytes]:
+    """(unused, manifest, payload) of a file; explicit: with the tensor table spelled out
+    (names, shapes, dtypes), as files of models without a registered skeleton store it."""
+    manifest, body, _ = fileformat.parse(data, "f")
+    if explicit and fileformat.implicit(manifest):
+        manifest = fileformat.explicit_rows(manifest, model_decode.layout(manifest, "f", None), "f")
+        del manifest["K"]
+    return None, manifest, body
 
 
-def _with_manifest(header: dict[str, Any], text: str, body: bytes) -> bytes:
-    header = dict(header)
-    header["__metadata__"] = {"ts": text, "c": f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"}
+def _with_manifest(header: None, text: str, body: bytes) -> bytes:
+    return fileformat.pack_text(text, body)
+
+
+def v1_file(manifest: dict[str, Any], body: bytes) -> bytes:
+    """A format 1 file (the manifest JSON in the safetensors metadata), as torchshrink wrote
+    before format 2."""
+    manifest = {**manifest, "f": 1, "x": f"{zlib.crc32(body) & 0xFFFFFFFF:08x}"}
+    text = json.dumps(manifest)
+    header = {"__metadata__": {"ts": text, "c": f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"},
+              "b": {"dtype": "U8", "shape": [len(body)], "data_offsets": [0, len(body)]}}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + body
@@ -154,7 +167,7 @@ def _mutate(manifest: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
 
 
 def _fuzz(gpt_artifact: Path, tmp_path: Path, data: st.DataObject) -> None:
-    header, manifest, body = _split(gpt_artifact.read_bytes())
+    header, manifest, body = _split(gpt_artifact.read_bytes(), explicit=data.draw(st.booleans()))
     manifest = _mutate(manifest, data)
     path = tmp_path / "fuzz.tsz"
     path.write_bytes(_with_manifest(header, _text(manifest), body))
@@ -175,3 +188,62 @@ def test_fuzzed_manifests_raise_artifact_error_within_bounds(gpt_artifact: Path,
 @given(data=st.data())
 def test_fuzzed_manifests_many(gpt_artifact: Path, tmp_path: Path, data: st.DataObject) -> None:
     _fuzz(gpt_artifact, tmp_path, data)
+
+
+IMPLICIT_HOSTILE: list[tuple[str, Any, str]] = [
+    ("layout checksum", lambda m: m.update(K="00000000"), "does not match like="),
+    ("a row too many", lambda m: m["t"].append(["zeros", 0]), "rows for"),
+    ("row a string", lambda m: m["t"].__setitem__(0, "dense"), "bad tensor record"),
+    ("lengths inconsistent", lambda m: m["t"][0].__setitem__(1, m["t"][0][1] + 1), "covers"),
+    ("architecture changed", lambda m: m["mk"].update(n_embd=64), "does not match like=|has shape"),
+]
+
+
+@pytest.mark.parametrize(("what", "edit", "words"), IMPLICIT_HOSTILE, ids=[h[0] for h in IMPLICIT_HOSTILE])
+def test_hostile_implicit_tensor_table_is_refused_in_words(gpt_artifact: Path, tmp_path: Path, what: str,
+                                                           edit: Any, words: str) -> None:
+    _, manifest, body = _split(gpt_artifact.read_bytes(), explicit=False)
+    assert "K" in manifest and all(len(r) in (2, 3) for r in manifest["t"])  # the compact table
+    edit(manifest)
+    path = tmp_path / "h.tsz"
+    path.write_bytes(_with_manifest(None, _text(manifest), body))
+    with pytest.raises(ArtifactError, match=words):
+        ts.load(path)
+    _load_bounded(path)
+
+
+def test_corrupted_compressed_manifest_is_refused(gpt_artifact: Path, tmp_path: Path) -> None:
+    data = bytearray(gpt_artifact.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    data[8 + n + 6] ^= 0xFF  # inside the deflated manifest
+    path = tmp_path / "c.tsz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum does not match"):
+        ts.load(path)
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    z = bomb.compress(b" " * (64 * 2**20)) + bomb.flush()  # 64 MiB of spaces in 64 KB
+    from torchshrink.codec.fileformat import _varint  # the format's own length coding
+
+    rest = _varint(len(z)) + z
+    blob = struct.pack("<I", zlib.crc32(rest) & 0xFFFFFFFF) + rest
+    header = json.dumps({"b": {"dtype": "U8", "shape": [len(blob)], "data_offsets": [0, len(blob)]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + blob)
+    with pytest.raises(ArtifactError, match="does not inflate|inflates to more than"):
+        ts.load(path)
+    _load_bounded(path)
+
+
+def test_format_1_files_still_load(tmp_path: Path) -> None:
+    """Files written before format 2 (manifest JSON in the safetensors metadata) load as before."""
+    torch.manual_seed(0)
+    m = ts.cluster(ts.prune(ts.models.create("lenet300"), ts.MagnitudePruning(sparsity=0.9)), ts.KMeansSharing(bits=4))
+    path = tmp_path / "new.tsz"
+    ts.save(m, path)
+    _, manifest, body = _split(path.read_bytes())
+    old = tmp_path / "old.tsz"
+    old.write_bytes(v1_file(manifest, body))
+    back = ts.load(old)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(back(x), m(x))
+    assert ts.read_info(old).format_version == 1
+    assert ts.read_info(path).format_version == fileformat.FORMAT_VERSION == 2

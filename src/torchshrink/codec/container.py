@@ -19,25 +19,69 @@ from torchshrink.codec.fileformat import (
     ArtifactInfo,
     TensorRecord,
     atomic_write,
+    explicit_rows,
+    implicit,
+    layout_crc,
+    pack,
     parse,
     read_bytes,
     records,
 )
-from torchshrink.codec.model_decode import decode_model
-from torchshrink.codec.model_encode import encode_model
+from torchshrink.codec.model_decode import decode_model, layout
+from torchshrink.codec.model_encode import manifest_of
 from torchshrink.errors import ArtifactError
 
 __all__ = ["FORMAT_VERSION", "ArtifactInfo", "TensorRecord", "encode_model", "load", "read_info", "save"]
 
 
-def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> int:
+def _compact(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its tensor table reduced to [encoding, bytes, meta?] rows where loading
+    the file without like= rebuilds exactly the same tensor names, shapes and dtypes (checked
+    here by rebuilding it, as `load` will); otherwise unchanged."""
+    if "m" not in manifest or "hf" in manifest:
+        return manifest  # only a registered reference model is rebuilt without like=
+    try:
+        rebuilt = layout(manifest, "<the artifact being saved>", None)
+    except ArtifactError:
+        return manifest
+    rows = manifest["t"]
+    if rebuilt != [[r[0], r[2], r[3]] for r in rows]:
+        return manifest
+    return {**manifest, "t": [[r[1], r[4], *r[5:]] for r in rows], "K": layout_crc(rebuilt)}
+
+
+def _spelled_out(manifest: dict[str, Any], path: str, like: nn.Module | str | None,
+                 inplace: bool = False) -> dict[str, Any]:
+    """The manifest with an implicit tensor table spelled out by the skeleton's layout. When
+    like= lays its tensors out otherwise, the saved reference architecture's layout is used, so
+    the check against like= names the tensors and shapes that differ."""
+    if not implicit(manifest):
+        return manifest
+    try:
+        return explicit_rows(manifest, layout(manifest, path, like, inplace=inplace), path)
+    except ArtifactError:
+        if like is None:
+            raise
+        return explicit_rows(manifest, layout(manifest, path, None), path)
+
+
+def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None, history: bool = False) -> bytes:
+    """The artifact's bytes for `model` (what `save` writes)."""
+    manifest, payload = manifest_of(model, metadata=metadata, history=history)
+    return pack(_compact(manifest), payload)
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None,
+         history: bool = False) -> int:
     """Write `model` to `path` as a torchshrink artifact; returns the bytes written.
 
     The write is atomic: the file appears complete or not at all, and a failed save leaves
     any previous file at `path` untouched. The file's mode follows the umask. `metadata` is
-    optional JSON data kept in the file.
+    optional JSON data kept in the file. history=True also keeps the configs applied to the
+    model (`torchshrink_history`); off by default, since on a LeNet file they cost more than
+    the rest of the manifest together.
     """
-    data = encode_model(model, metadata=metadata)
+    data = encode_model(model, metadata=metadata, history=history)
     try:
         atomic_write(Path(path), data)
     except OSError as e:
@@ -49,6 +93,7 @@ def read_info(path: str | os.PathLike[str]) -> ArtifactInfo:
     """The manifest and tensor table of an artifact (checksums verified)."""
     data, p = read_bytes(path)
     manifest, body, header_bytes = parse(data, p)
+    manifest = _spelled_out(manifest, p, None)
     recs = records(manifest, len(body), p)
     name, kwargs, root, history, meta = (manifest.get(k) for k in ("m", "mk", "r", "h", "u"))
     return ArtifactInfo(
@@ -77,5 +122,6 @@ def load(path: str | os.PathLike[str], like: nn.Module | str | None = None, *, i
     """
     data, p = read_bytes(path)
     manifest, body, _ = parse(data, p)
+    manifest = _spelled_out(manifest, p, like, inplace)
     recs = records(manifest, len(body), p)
     return decode_model(manifest, recs, body, p, like, inplace=inplace)

@@ -17,14 +17,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.codec import attributes, references, structure
-from torchshrink.codec.encodings import get_encoding
+from torchshrink.codec.encodings import dtype_code, get_encoding
 from torchshrink.codec.fileformat import TensorRecord, dumps, fail
 from torchshrink.codec.model_encode import depth, module_codec, normalized
 from torchshrink.errors import ArtifactError
 from torchshrink.nn.history import set_history
 from torchshrink.nn.meta import build_on_meta, meta_copy, state_shapes
 
-__all__ = ["decode_model"]
+__all__ = ["decode_model", "layout"]
 
 _BUILD_ERRORS = (ArtifactError, TypeError, ValueError, KeyError, IndexError, OverflowError, ZeroDivisionError,
                  RuntimeError, AttributeError, RecursionError)
@@ -218,6 +218,22 @@ def _tensors_for(model: nn.Module, decoded: dict[str, torch.Tensor],
     for alias, source in aliases.items():
         out[alias] = out[source]
     return out
+
+
+def layout(manifest: dict[str, Any], path: str, like: nn.Module | str | None, *,
+           inplace: bool = False) -> list[list[Any]]:
+    """[[key, shape, dtype code], ...] of the tensors the rebuilt skeleton stores, in its
+    state_dict order with tied aliases left out: what an implicit tensor table is laid out by.
+    Built on the meta device, except in place (a module that refuses copying)."""
+    aliases = manifest.get("a", {})
+    if not isinstance(aliases, dict):
+        raise fail(path, "malformed tied-tensor table")
+    model = _build(like, manifest, path, meta=not inplace, inplace=inplace)
+    try:
+        return [[k, list(shape), dtype_code(dtype)] for k, (shape, dtype) in state_shapes(model).items()
+                if k not in aliases]
+    except ArtifactError as e:
+        raise ArtifactError(f"{path!r}: the skeleton holds a tensor the artifact cannot describe ({e})") from e
 
 
 def decode_model(manifest: dict[str, Any], records: list[TensorRecord], body: bytes, path: str,

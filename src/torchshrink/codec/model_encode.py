@@ -19,12 +19,12 @@ from torch.nn.utils import parametrize
 
 from torchshrink.codec import attributes, references, structure
 from torchshrink.codec.encodings import Encoding, TensorHint, dtype_code, encodings, tensor_bytes
-from torchshrink.codec.fileformat import FORMAT_VERSION, dumps, pack, version
+from torchshrink.codec.fileformat import FORMAT_VERSION, dumps, version
 from torchshrink.errors import ArtifactError, ConfigError
 from torchshrink.nn.history import history_of
 from torchshrink.nn.storage import alias_groups
 
-__all__ = ["depth", "encode_model", "module_codec", "normalized", "plain_type", "unregistered_error"]
+__all__ = ["depth", "manifest_of", "module_codec", "normalized", "plain_type", "unregistered_error"]
 
 
 def _layer_of(key: str) -> tuple[str, str]:
@@ -300,8 +300,9 @@ def _stored_values(state: Mapping[str, torch.Tensor], canon: dict[str, torch.Ten
     return out
 
 
-def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None) -> bytes:
-    """The artifact's bytes for `model` (what `save` writes)."""
+def manifest_of(model: nn.Module, *, metadata: Mapping[str, Any] | None = None,
+                history: bool = False) -> tuple[dict[str, Any], bytes]:
+    """The manifest (tensor table with names) and the payload `save` writes for `model`."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"save() expects an nn.Module, got {type(model).__name__}")
     user_meta = None
@@ -336,9 +337,9 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
     table, specs, chains = _structure(model, None if attrs else reference)
     manifest: dict[str, Any] = {"f": FORMAT_VERSION, "v": version(), **entries}
     manifest["r"] = plain_type(model).__name__
-    history = history_of(model)
-    if history:
-        manifest["h"] = normalized(history)
+    applied = history_of(model) if history else []
+    if applied:
+        manifest["h"] = normalized(applied)
     if user_meta is not None:
         manifest["u"] = user_meta
     if table:
@@ -351,4 +352,4 @@ def encode_model(model: nn.Module, *, metadata: Mapping[str, Any] | None = None)
     manifest["t"] = rows
     if aliases:
         manifest["a"] = aliases
-    return pack(manifest, b"".join(chunks))
+    return manifest, b"".join(chunks)

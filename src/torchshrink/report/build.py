@@ -57,7 +57,7 @@ def _load_side(source: Source, label: str, tmp: Path, like: Any) -> tuple[str, n
 
     if isinstance(source, nn.Module):
         path = tmp / f"{label.replace(' ', '_')}.tsz"
-        save(source, path)
+        save(source, path, history=True)  # the page shows the methods recorded
         return "in memory (saved to a temporary file to count its bytes)", source, path, read_info(path).history
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"{label}: expected an artifact path or an nn.Module, got {type(source).__name__}")
