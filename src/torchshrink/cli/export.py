@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="artifact file (.tsz) or reference model name")
     p.add_argument("--out", required=True,
                    help="file to write: model.onnx or model.pt2 (the suffix must match --format)")
-    p.add_argument("--format", default=None, help="onnx or pt2 (default: from the --out suffix)")
+    p.add_argument("--format", default=None, help=f"{', '.join(SUFFIXES)} (default: from the --out suffix)")
     p.add_argument("--data", default=None, help="data set for the check (default: the one the artifact records)")
     p.add_argument("--trace-batch", type=options.positive_int, default=2,
                    help="example batch size used for tracing and the check (default 2; the file keeps a "
@@ -94,3 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if result.parity is not None:
             print(f"  check: {result.parity.summary()}")
     return 0
+
+
+# The edge runtimes (export/litert.py, export/executorch.py), each behind its extra.
+SUFFIXES.update({"tflite": ".tflite", "pte": ".pte"})
