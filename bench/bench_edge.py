@@ -110,10 +110,7 @@ def main() -> None:
         for name in args.models.split(","):
             print(f"== {name}", flush=True)
             results[name] = run_model(name, splits, epochs=epochs, rounds=rounds, n_test=n_test, tmp=tmp)
-    import ai_edge_litert
-    import executorch
-    import litert_torch
-    import onnxruntime
+    from importlib.metadata import version
 
     doc = {
         "protocol": {
@@ -126,10 +123,8 @@ def main() -> None:
             "loadavg_before": [round(v, 2) for v in load_before],
             "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         },
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "litert_torch": getattr(litert_torch, "__version__", "?"),
-                     "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
-                     "executorch": getattr(executorch, "__version__", "?"),
+        "versions": {"torch": torch.__version__, **{p: version(p) for p in (
+                         "onnxruntime", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "executorch")},
                      "python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
         "agreement_target": AGREEMENT_TARGET,
         "models": results,
@@ -141,11 +136,12 @@ def main() -> None:
 def print_tables(doc: dict[str, Any]) -> None:
     runtimes = ("torch", *FORMATS)
     print(f"\nloadavg {doc['protocol']['loadavg_before']} -> {doc['protocol']['loadavg_after']}")
-    head = f"{'model':<16} {'form':<5} " + " ".join(f"{r + ' ms':>15}" for r in runtimes)
+    head = f"{'model':<16} {'form':<5} " + " ".join(f"{r + ' ms (IQR)':>22}" for r in runtimes)
     print(head)
     for name, r in doc["models"].items():
         for form, row in r["forms"].items():
-            print(f"{name:<16} {form:<5} " + " ".join(f"{row['latency_ms'][rt]['median_ms']:>15.3f}" for rt in runtimes))
+            cells = [row["latency_ms"][rt] for rt in runtimes]
+            print(f"{name:<16} {form:<5} " + " ".join(f"{c['median_ms']:>13.3f} ({c['iqr_ms']:>6.3f})" for c in cells))
     print(f"\n{'model':<16} {'form':<5} {'runtime':<12} {'agree %':>8} {'max err':>9} {'acc torch':>9} {'acc file':>9}")
     for name, r in doc["models"].items():
         for form, row in r["forms"].items():

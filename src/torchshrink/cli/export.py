@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from torchshrink.export import export
 
     fmt = output_format(args.out, args.format)
-    prepare_output(args.out, "--out")
+    if not (fmt == "coreml" and Path(args.out).is_dir()):  # an .mlpackage is a directory, replaced whole
+        prepare_output(args.out, "--out")
     model, example, loader = target(args.target, args.data, args.trace_batch)
     result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
                     opset=args.opset)
@@ -97,4 +98,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 # The edge runtimes (export/litert.py, export/executorch.py), each behind its extra.
-SUFFIXES.update({"tflite": ".tflite", "pte": ".pte"})
+SUFFIXES.update({"tflite": ".tflite", "pte": ".pte", "coreml": ".mlpackage"})

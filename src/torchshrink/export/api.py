@@ -28,8 +28,8 @@ from torchshrink.export.prepare import Prepared, cast_inputs, prepare
 
 __all__ = ["export", "ExportResult", "FORMATS", "Format"]
 
-Format = Literal["onnx", "pt2", "tflite", "pte"]
-FORMATS: tuple[str, ...] = ("onnx", "pt2", "tflite", "pte")
+Format = Literal["onnx", "pt2", "tflite", "pte", "coreml"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2", "tflite", "pte", "coreml")
 EDGE_FORMATS = ("tflite", "pte")  # export/edge.py: static shapes, checked in their own runtimes
 FLOAT_ROWS = 64  # check samples for float forms
 QUANTIZED_ROWS = 256  # and for quantized forms (a top-1 agreement rate needs more)
@@ -127,6 +127,13 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     inputs = _inputs(inputs)
     if format in EDGE_FORMATS:
         return _export_edge(model, out, inputs, format, check, check_data)
+    if format == "coreml":
+        from torchshrink.export.coreml import package_bytes, write_mlpackage
+
+        # No Core ML runtime off Apple platforms: the check is on the program's weights (coreml.py).
+        stored = write_mlpackage(model, inputs, out)
+        return ExportResult(str(out), format, package_bytes(out), "float", stored, None, "coremltools",
+                            "+".join(sorted({f for v in stored.values() for f in v.split("+")})) or "float32")
     reference = prepare(model, swap=False, upcast=False).module if format == "pt2" else None
     prep = prepare(model, swap=format == "onnx")
     trace_inputs = cast_inputs(inputs, torch.float32) if prep.half else inputs
