@@ -77,14 +77,14 @@ def trained() -> tuple[nn.Module, Any, Any]:
 
 @pytest.mark.slow
 @needs_et
-def test_fp32_and_static_int8(trained: Any, tmp_path: Any) -> None:
+def test_static_int8(trained: Any, tmp_path: Any) -> None:
+    """(float32 .pte files are checked in test_capabilities.py.)"""
     model, train, test = trained
     x = models.example_input(model, 1)
-    f = ts.export(model, f"{tmp_path}/f.pte", example=x, format="pte", check_data=test)
-    assert f.edge_form == "float32" and f.parity is not None and f.parity.relative_error <= 1e-5
     q = ts.quantize(copy.deepcopy(model), ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)
     r = ts.export(q, f"{tmp_path}/q.pte", example=x, format="pte", check_data=test)
     assert r.edge_form == "int8_static" and r.parity is not None and r.parity.passed
     assert r.parity.top1_agreement is not None and r.parity.top1_agreement >= 99.0
     assert r.parity.accuracy_reference is not None and r.parity.accuracy_reference > 50
-    assert r.bytes < 0.3 * f.bytes, (r.bytes, f.bytes)  # int8 weights in the delegate blob
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert r.bytes < 0.3 * fp32, (r.bytes, fp32)  # int8 weights in the delegate blob
