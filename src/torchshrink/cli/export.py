@@ -70,9 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="file to write: model.onnx or model.pt2 (the suffix must match --format)")
     p.add_argument("--format", default=None, help=f"{', '.join(SUFFIXES)} (default: from the --out suffix)")
     p.add_argument("--data", default=None, help="data set for the check (default: the one the artifact records)")
-    p.add_argument("--trace-batch", type=options.positive_int, default=2,
-                   help="example batch size used for tracing and the check (default 2; the file keeps a "
-                        "dynamic batch)")
+    p.add_argument("--trace-batch", type=options.positive_int, default=None,
+                   help="example batch size used for tracing and the check (default 2 for onnx/pt2, whose "
+                        "file keeps a dynamic batch; 1 for the edge formats, whose files keep this batch size)")
     p.add_argument("--opset", type=options.positive_int, default=None, help="ONNX opset (default 18)")
     options.add_json(p)
 
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = output_format(args.out, args.format)
     if not (fmt == "coreml" and Path(args.out).is_dir()):  # an .mlpackage is a directory, replaced whole
         prepare_output(args.out, "--out")
-    model, example, loader = target(args.target, args.data, args.trace_batch)
+    batch = args.trace_batch or (2 if fmt in ("onnx", "pt2") else 1)
+    model, example, loader = target(args.target, args.data, batch)
     result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
                     opset=args.opset)
     if args.json:

@@ -25,7 +25,9 @@ FORMS = ("fp32", "int8 static", "int8 dynamic", "int8 weight-only", "int4 weight
 # runtime -> the export format its files are written in
 RUNTIMES = {"onnxruntime": "onnx", "litert": "tflite", "executorch": "pte", "coreml": "coreml"}
 
-_N, _D, _X = "native", "dense", "no"
+_N: Level = "native"
+_D: Level = "dense"
+_X: Level = "no"
 CAPABILITIES: dict[str, dict[str, Level]] = {
     #                       onnxruntime  litert  executorch  coreml
     "fp32":                {"onnxruntime": _N, "litert": _N, "executorch": _N, "coreml": _N},
