@@ -11,9 +11,9 @@ from torchshrink import models
 
 
 def test_unsupported_format_lists_formats(tmp_path: object) -> None:
-    with pytest.raises(ts.ConfigError, match=r"unsupported export format 'tflite'; supported formats: onnx, pt2"):
-        ts.export(models.create("lenet300"), f"{tmp_path}/m.tflite", example=torch.randn(1, 784),
-                  format="tflite")  # type: ignore[arg-type]
+    with pytest.raises(ts.ConfigError, match=r"unsupported export format 'tensorrt'; supported formats: onnx, pt2"):
+        ts.export(models.create("lenet300"), f"{tmp_path}/m.tensorrt", example=torch.randn(1, 784),
+                  format="tensorrt")  # type: ignore[arg-type]
 
 
 def test_typo_in_format_gets_a_suggestion(tmp_path: object) -> None:

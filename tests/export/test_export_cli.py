@@ -50,10 +50,10 @@ def test_export_pt2_from_suffix(artifact: str, tmp_path: Any, capsys: Any) -> No
 
 
 def test_export_errors_are_one_line(artifact: str, tmp_path: Any, capsys: Any) -> None:
-    assert main(["export", artifact, "--format", "tflite", "--out", f"{tmp_path}/m.tflite"]) == 2
-    assert "unsupported export format 'tflite'; supported formats: onnx, pt2" in capsys.readouterr().err
-    assert main(["export", artifact, "--out", f"{tmp_path}/m.tflite"]) == 2
-    assert (f"--out '{tmp_path}/m.tflite': the suffix '.tflite' does not name an export format; "
+    assert main(["export", artifact, "--format", "tensorrt", "--out", f"{tmp_path}/m.engine"]) == 2
+    assert "unsupported export format 'tensorrt'; supported formats: onnx, pt2" in capsys.readouterr().err
+    assert main(["export", artifact, "--out", f"{tmp_path}/m.engine"]) == 2
+    assert (f"--out '{tmp_path}/m.engine': the suffix '.engine' does not name an export format; "
             "use .onnx (onnx) or .pt2 (pt2)") in capsys.readouterr().err
     assert main(["export", artifact, "--format", "onnx", "--out", f"{tmp_path}/m.pt2"]) == 2
     assert "the suffix '.pt2' does not name an export format; use .onnx for --format onnx" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""`torchshrink bench`: latency in PyTorch and ONNX Runtime, side by side.
+"""`torchshrink bench`: latency in PyTorch, ONNX Runtime and the edge runtimes, side by side.
 
     torchshrink bench lenet.tsz --runtime torch,onnxruntime --batch 1,32
+    torchshrink bench lenet.tsz --runtime torch,onnxruntime,litert,executorch --batch 1
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from torchshrink.cli.export import target
 from torchshrink.errors import ConfigError, did_you_mean
 
 NAME = "bench"
-HELP = "latency in PyTorch and ONNX Runtime, side by side (median and spread)"
+HELP = "latency in PyTorch, ONNX Runtime, LiteRT and ExecuTorch, side by side (median and spread)"
+# Edge runtimes run static-shape files: one file per batch size (export/edge.py).
+EDGE_RUNTIMES = {"litert": "tflite", "executorch": "pte"}
 
 __all__ = ["run_bench", "add_arguments", "run"]
 
@@ -24,7 +27,8 @@ __all__ = ["run_bench", "add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="artifact file (.tsz) or reference model name")
     p.add_argument("--runtime", default="torch,onnxruntime",
-                   help="torch, onnxruntime, or both comma-separated (default both)")
+                   help="comma-separated: torch, onnxruntime, litert (extra litert), executorch (extra "
+                        "executorch) (default torch,onnxruntime)")
     p.add_argument("--batch", type=options.batch_list, default=[1, 32],
                    help="batch sizes latency is measured at, comma-separated (default 1,32)")
     p.add_argument("--rounds", type=options.positive_int, default=15, help="interleaved rounds (default 15)")
@@ -33,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def runtimes_of(text: str) -> list[str]:
-    from torchshrink.export.latency import RUNTIMES
+    from torchshrink.export.latency import RUNTIMES as BASE
 
+    RUNTIMES = (*BASE, *EDGE_RUNTIMES)
     runtimes = [r.strip() for r in text.replace("|", ",").split(",") if r.strip()]
     for r in runtimes or [text]:
         if r not in RUNTIMES:
@@ -55,6 +60,7 @@ def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[in
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         parity = None
+        edge_parity: dict[str, Any] = {}
         if "onnxruntime" in runtimes:
             parity = export(model, path, example=example[: max(1, min(len(example), 2))]).parity
         for b in batches:
@@ -64,11 +70,29 @@ def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[in
                 targets.append(torch_target(model, (x,), label=f"torch b={b}"))
             if "onnxruntime" in runtimes:
                 targets.append(ort_target(path, (x,), threads=threads, label=f"onnxruntime b={b}"))
+            for runtime, fmt in EDGE_RUNTIMES.items():
+                if runtime in runtimes:
+                    edge_path = os.path.join(tmp, f"model_b{b}.{fmt}")
+                    edge_parity[runtime] = edge_parity.get(runtime) or export(
+                        model, edge_path, example=x, format=fmt).parity  # type: ignore[arg-type]
+                    targets.append(_edge_target(runtime, edge_path, x, threads))
         stats = interleaved(targets, rounds=rounds, threads=threads)
     rows = [(t.label, stats[t.label]) for t in targets]
     return {"table": table(rows), "rows": [{"target": k, "runtime": t.runtime, **v.to_dict()}
                                            for (k, v), t in zip(rows, targets)],
-            "parity": parity.to_dict() if parity else None}
+            "parity": parity.to_dict() if parity else None,
+            "edge_parity": {k: v.to_dict() for k, v in edge_parity.items() if v is not None}}
+
+
+def _edge_target(runtime: str, path: str, x: Any, threads: int | None) -> Any:
+    b = int(x.shape[0])
+    if runtime == "litert":
+        from torchshrink.export.litert import litert_target
+
+        return litert_target(path, (x,), threads=threads, label=f"litert b={b}")
+    from torchshrink.export.executorch import executorch_target
+
+    return executorch_target(path, (x,), threads=threads, label=f"executorch b={b}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""`torchshrink export`: write an ONNX (or torch.export .pt2) file and check it against PyTorch.
+"""`torchshrink export`: write an ONNX, .pt2, LiteRT (.tflite), ExecuTorch (.pte) or Core ML
+(.mlpackage) file, or a folder a browser runs (--format web), and check it against PyTorch.
 
     torchshrink export lenet.tsz --out lenet.onnx
 
@@ -20,10 +21,10 @@ from torchshrink.cli.paths import prepare_output, prepare_output_dir
 from torchshrink.errors import ConfigError, did_you_mean
 
 NAME = "export"
-HELP = "write an ONNX (or torch.export .pt2) file and check it against PyTorch"
+HELP = "write an ONNX, .pt2, LiteRT, ExecuTorch or Core ML file (or a web folder) and check it"
 
 # The file suffix each format writes; --out must carry it, so a name never lies about its content.
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2"}
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "pte": ".pte", "coreml": ".mlpackage"}
 # Formats that write a folder, not a file: --out names the directory.
 FOLDER_FORMATS = ("web",)
 
@@ -72,13 +73,14 @@ def output_format(out: str, given: str | None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="artifact file (.tsz) or reference model name")
     p.add_argument("--out", required=True,
-                   help="file to write: model.onnx or model.pt2 (the suffix must match --format); "
-                        "a folder for --format web")
-    p.add_argument("--format", default=None, help="onnx, pt2 or web (default: from the --out suffix)")
+                   help="file to write: model.onnx, .pt2, .tflite, .pte or .mlpackage (the suffix must match "
+                        "--format); a folder for --format web")
+    p.add_argument("--format", default=None,
+                   help=f"{', '.join((*SUFFIXES, *FOLDER_FORMATS))} (default: from the --out suffix)")
     p.add_argument("--data", default=None, help="data set for the check (default: the one the artifact records)")
-    p.add_argument("--trace-batch", type=options.positive_int, default=2,
-                   help="example batch size used for tracing and the check (default 2; the file keeps a "
-                        "dynamic batch)")
+    p.add_argument("--trace-batch", type=options.positive_int, default=None,
+                   help="example batch size used for tracing and the check (default 2 for onnx/pt2, whose "
+                        "file keeps a dynamic batch; 1 for the edge formats, whose files keep this batch size)")
     p.add_argument("--opset", type=options.positive_int, default=None, help="ONNX opset (default 18)")
     options.add_json(p)
     add_web_arguments(p)
@@ -109,11 +111,14 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = output_format(args.out, args.format)
     web = web_options(args, fmt)
-    if fmt not in FOLDER_FORMATS:
-        prepare_output(args.out, "--out")
-    else:
+    if fmt in FOLDER_FORMATS or (fmt == "coreml" and Path(args.out).is_dir()):
+        # a folder (an .mlpackage is one too) is replaced whole by the export
         prepare_output_dir(Path(args.out).absolute().parent, "--out")
-    model, example, loader = target(args.target, args.data, args.trace_batch)
+    else:
+        prepare_output(args.out, "--out")
+    # onnx, pt2 and web keep a dynamic batch; the edge formats' files keep the traced one
+    batch = args.trace_batch or (2 if fmt in ("onnx", "pt2", "web") else 1)
+    model, example, loader = target(args.target, args.data, batch)
     result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
                     opset=args.opset, **web)
     if args.json:
@@ -126,3 +131,4 @@ def run(args: argparse.Namespace) -> int:
         if result.parity is not None:
             print(f"  check: {result.parity.summary()}")
     return 0
+

@@ -28,8 +28,9 @@ from torchshrink.export.prepare import Prepared, cast_inputs, prepare
 
 __all__ = ["export", "ExportResult", "FORMATS", "Format"]
 
-Format = Literal["onnx", "pt2", "web"]
-FORMATS: tuple[str, ...] = ("onnx", "pt2", "web")
+Format = Literal["onnx", "pt2", "web", "tflite", "pte", "coreml"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2", "web", "tflite", "pte", "coreml")
+EDGE_FORMATS = ("tflite", "pte")  # export/edge.py: static shapes, checked in their own runtimes
 FLOAT_ROWS = 64  # check samples for float forms
 QUANTIZED_ROWS = 256  # and for quantized forms (a top-1 agreement rate needs more)
 
@@ -43,6 +44,7 @@ class ExportResult:
     swapped: dict[str, str]  # layer -> export form (quantized layers in their ONNX forms)
     parity: ParityReport | None
     exporter: str = "torchscript"  # or "dynamo" where the TorchScript trace could not be used
+    edge_form: str | None = None  # tflite/pte: float32, int8_static, int8_dynamic, weight_only, float16
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,7 +102,8 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
 
     format: "onnx" (ONNX Runtime and every ONNX consumer; quantized layers become QDQ /
     integer-matmul graphs, low-bit weights stay packed) or "pt2" (a torch.export program,
-    loadable with torch.export.load and no model code).
+    loadable with torch.export.load and no model code), or an edge runtime's file: "tflite"
+    (LiteRT), "pte" (ExecuTorch, XNNPACK) or "coreml" (.mlpackage), each behind its extra.
     example: one input batch (tensor, tuple, or a dict of keyword tensors such as
         {"input_ids": ids, "attention_mask": mask}, which become graph inputs of those names;
         Hugging Face models are exported without their key/value cache), used for tracing and
@@ -132,6 +135,15 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
 
     model, inputs, names = positional(model, example)
     inputs = _inputs(inputs)
+    if format in EDGE_FORMATS:
+        return _export_edge(model, out, inputs, format, check, check_data)
+    if format == "coreml":
+        from torchshrink.export.coreml import package_bytes, write_mlpackage
+
+        # No Core ML runtime off Apple platforms: the check is on the program's weights (coreml.py).
+        stored = write_mlpackage(model, inputs, out)
+        return ExportResult(str(out), format, package_bytes(out), "float", stored, None, "coremltools",
+                            "+".join(sorted({f for v in stored.values() for f in v.split("+")})) or "float32")
     reference = prepare(model, swap=False, upcast=False).module if format == "pt2" else None
     prep = prepare(model, swap=format == "onnx")
     trace_inputs = cast_inputs(inputs, torch.float32) if prep.half else inputs
@@ -153,6 +165,25 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     form: Literal["float", "half", "quantized"] = "quantized" if prep.quantized else (
         "half" if prep.half else "float")
     return ExportResult(str(out), format, out.stat().st_size, form, prep.swapped, parity, exporter)
+
+
+def _export_edge(model: nn.Module, out: Path, inputs: tuple[torch.Tensor, ...], fmt: Format, check: bool,
+                 check_data: Iterable[Any] | None) -> ExportResult:
+    from torchshrink.export.edge import export_edge
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}",
+                               dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        parity, exporter, form, swapped = export_edge(fmt, model, inputs, tmp, check=check, check_data=check_data,
+                                                      rows=FLOAT_ROWS, quantized_rows=QUANTIZED_ROWS)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    kind: Literal["float", "half", "quantized"] = "float" if form == "float32" else (
+        "half" if form == "float16" else "quantized")
+    return ExportResult(str(out), fmt, out.stat().st_size, kind, swapped, parity, exporter, form)
 
 
 def _raise_if_failed(model: nn.Module, report: ParityReport, fmt: str) -> ParityReport:
