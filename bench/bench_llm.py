@@ -8,7 +8,14 @@ RTN on a trained small LM, and the vectorized clip search, in one run.
     built from LlamaForCausalLM configs (same width, same calibration set); the ratio 16/8.
 (b) peak RSS (ru_maxrss of a child process) while GPTQ int4 g128 quantizes a Llama-style model,
     against its fp32 weight bytes.
+    Full run: a ~125M-parameter Llama (hidden 768, 12 layers, intermediate 2048, vocab 32000),
+    against the bar 1.5 x fp32 weight bytes + 1 GiB.
 (c) llm-compressor: not run here (not installed beside torch 2.13.0); recorded as such.
+(f) compressed-tensors export of GPTQ int4 g128 and int8 per-channel Llamas: folder vs .tsz
+    bytes, and the max abs logit difference after transformers reloads the folder (needs the
+    compressed-tensors package).
+(g) AWQ int3 per channel (clip="output") on a trained gpt_tiny, with the scales folded into the
+    LayerNorms (fold=True) vs kept in each layer (fold=False): perplexity.
 (d) gpt_tiny trained as in bench_gptq.py: RTN vs GPTQ vs GPTQ act-order, int4 g128 and int3
     per channel, validation loss and perplexity (ts.evaluate_lm on the validation bytes).
 (e) the mse clip search on one 4096x4096 layer: the former per-ratio loop vs the vectorized one.
@@ -21,6 +28,7 @@ import argparse
 import copy
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -78,33 +86,94 @@ def depth_scaling(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _rss_child(q: Any, layers: int, hidden: int, inter: int, vocab: int, n: int, seq: int) -> None:
+def _rss_child(q: Any, layers: int, hidden: int, inter: int, vocab: int, n: int, seq: int,
+               rollback: bool = False) -> None:
     torch.set_num_threads(2)
     model = llama(layers, hidden, inter, vocab)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t = time.perf_counter()
-    ts.quantize(model, ts.WeightOnly(bits=4, group_size=128, algorithm="gptq"), calibration=calibration(n, seq, vocab),
-                progress=False)
-    q.put({"params": weights // 4,
+    cfg = ts.WeightOnly(bits=4, group_size=128, algorithm="gptq", **({"rollback": True} if rollback else {}))
+    ts.quantize(model, cfg, calibration=calibration(n, seq, vocab), progress=False)
+    q.put({"params": weights // 4, "rollback": rollback, "loadavg": os.getloadavg(),
            "fp32_weight_bytes": weights, "rss_before_bytes": before,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "seconds": time.perf_counter() - t, "layers": layers, "hidden": hidden, "intermediate": inter,
            "vocab": vocab, "calibration": f"{n} x {seq} tokens"})
 
 
-def peak_rss(quick: bool) -> dict[str, Any]:
-    shape = (2, 256, 688, 2048, 4, 128) if quick else (6, 512, 1376, 8192, 8, 256)
+def peak_rss(quick: bool, rollback: bool = False) -> dict[str, Any]:
+    shape = (2, 256, 688, 2048, 4, 128) if quick else (12, 768, 2048, 32000, 8, 256)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_rss_child, args=(q, *shape))
+    p = ctx.Process(target=_rss_child, args=(q, *shape, rollback))
     p.start()
     res = q.get()
     p.join()
     res["peak_over_weights"] = res["peak_rss_bytes"] / res["fp32_weight_bytes"]
-    print(f"  GPTQ on a {res['params'] / 1e6:.1f} M-param Llama: peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB, "
-          f"fp32 weights {res['fp32_weight_bytes'] / 2**20:.0f} MiB, {res['seconds']:.0f} s", flush=True)
+    res["bar_bytes"] = 1.5 * res["fp32_weight_bytes"] + 2**30
+    res["within_bar"] = res["peak_rss_bytes"] <= res["bar_bytes"]
+    print(f"  GPTQ{' (rollback=True)' if rollback else ''} on a {res['params'] / 1e6:.1f} M-param Llama: peak RSS "
+          f"{res['peak_rss_bytes'] / 2**20:.0f} MiB (bar {res['bar_bytes'] / 2**20:.0f} MiB), fp32 weights "
+          f"{res['fp32_weight_bytes'] / 2**20:.0f} MiB, {res['seconds']:.0f} s", flush=True)
     return res
+
+
+def export_ct() -> dict[str, Any]:
+    import os
+    import tempfile
+
+    import transformers
+
+    out: dict[str, Any] = {}
+    for name, wo in (("int4_g128", {"bits": 4, "group_size": 128}), ("int8_channel", {"bits": 8, "group_size": None})):
+        model = llama(4, 512, 1376, 4096)
+        ts.quantize(model, ts.WeightOnly(algorithm="gptq", targets=("model.layers.*",), **wo),
+                    calibration=calibration(4, 64, 4096), progress=False)
+        with tempfile.TemporaryDirectory() as d:
+            r = ts.export(model, f"{d}/ct", format="compressed-tensors")
+            ts.save(model, f"{d}/m.tsz")
+            row: dict[str, Any] = {"folder_bytes": r.bytes, "tsz_bytes": os.path.getsize(f"{d}/m.tsz")}
+            try:
+                back = transformers.AutoModelForCausalLM.from_pretrained(f"{d}/ct").eval()
+                x = torch.randint(0, 4096, (4, 128), generator=torch.Generator().manual_seed(99))
+                with torch.no_grad():
+                    row["logits_max_abs_diff"] = float((model(x).logits - back(x).logits).abs().max())
+            except ImportError as e:
+                row["logits_max_abs_diff"] = f"not measured: {e}"
+        out[name] = row
+        print(f"  compressed-tensors {name}: folder {row['folder_bytes']:,} B, .tsz {row['tsz_bytes']:,} B, "
+              f"logits max abs diff {row['logits_max_abs_diff']}", flush=True)
+    return out
+
+
+def awq_fold(quick: bool) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from torchshrink.models.gpt import GPTConfig, GPTTiny
+
+    splits = ts.data.load_text(max_bytes=120_000, block_size=64)
+    train = DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    base = GPTTiny(GPTConfig(n_layer=2, n_embd=64, n_head=4, block_size=64))
+    ts.fit(base, train, max_steps=60 if quick else 300, lr=3e-3, warmup_steps=30, progress=False, seed=0)
+    base.eval()
+    calib = [splits.train[i * 16:(i + 1) * 16][0] for i in range(8)]
+    text = bytes(splits.val.tensors[0].reshape(-1)[:20_000].tolist()).decode("latin-1")
+
+    def ppl(m: nn.Module) -> float:
+        return float(ts.evaluate_lm(m, text, tokenizer=lambda s: list(s.encode("latin-1")))["perplexity"])
+
+    out: dict[str, Any] = {"fp32": ppl(base), "protocol": "gpt_tiny 2 x 64 trained 300 steps (batch 32 x 64 bytes, "
+                           "seed 0) on 120 kB of the stdlib corpus; 8 calibration batches of 16 x 64; perplexity on "
+                           "20 kB of the validation split"}
+    for grid, wo in (("int3 per-channel", {"bits": 3, "group_size": None}), ("int4 g32", {"bits": 4, "group_size": 32})):
+        for fold in (False, True):
+            q = ts.quantize(copy.deepcopy(base), ts.WeightOnly(algorithm="awq", clip="output", fold=fold,
+                                                               **wo), calibration=calib, progress=False)
+            out[f"{grid} fold={fold}"] = ppl(q)
+    print("  AWQ perplexity: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float)), flush=True)
+    return out
 
 
 def act_order(quick: bool) -> list[dict[str, Any]]:
@@ -186,23 +255,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--skip", default="", help="comma list of parts to skip: depth,rss,act,clip")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: depth,rss,act,clip,export,awq")
+    p.add_argument("--only", default="", help="comma list of the only parts to run")
+    p.add_argument("--rollback", action="store_true", help="rss: also measure WeightOnly(rollback=True)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
+    if args.only:
+        skip = {"depth", "rss", "act", "clip", "export", "awq"} - set(args.only.split(","))
     t0 = time.perf_counter()
     result: dict[str, Any] = {"meta": {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
-                                       "python": sys.version.split()[0], "machine": platform.machine()},
-                              "llm_compressor": "not run: not installed beside torch 2.13.0 in this environment"}
+                                       "python": sys.version.split()[0], "machine": platform.machine(),
+                                       "loadavg_start": os.getloadavg()},
+                              "llm_compressor": "not run: it needs its own venv (it pins transformers <= 5.17 and compressed-tensors 0.19); see ECOSYSTEM.md"}
     if "clip" not in skip:
         result["clip_search"] = clip_search()
     if "depth" not in skip:
         result["depth"] = depth_scaling(args.quick)
     if "rss" not in skip:
         result["peak_rss"] = peak_rss(args.quick)
+        if args.rollback:
+            result["peak_rss_rollback"] = peak_rss(args.quick, rollback=True)
+    if "export" not in skip:
+        result["compressed_tensors"] = export_ct()
+    if "awq" not in skip:
+        result["awq_fold"] = awq_fold(args.quick)
     if "act" not in skip:
         result["act_order"] = act_order(args.quick)
     result["meta"]["seconds"] = time.perf_counter() - t0
+    result["meta"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     if "depth" in result:

@@ -28,8 +28,8 @@ from torchshrink.export.prepare import Prepared, cast_inputs, prepare
 
 __all__ = ["export", "ExportResult", "FORMATS", "Format"]
 
-Format = Literal["onnx", "pt2", "web", "tflite", "pte", "coreml"]
-FORMATS: tuple[str, ...] = ("onnx", "pt2", "web", "tflite", "pte", "coreml")
+Format = Literal["onnx", "pt2", "web", "tflite", "pte", "coreml", "compressed-tensors"]
+FORMATS: tuple[str, ...] = ("onnx", "pt2", "web", "tflite", "pte", "coreml", "compressed-tensors")
 EDGE_FORMATS = ("tflite", "pte")  # export/edge.py: static shapes, checked in their own runtimes
 FLOAT_ROWS = 64  # check samples for float forms
 QUANTIZED_ROWS = 256  # and for quantized forms (a top-1 agreement rate needs more)
@@ -94,7 +94,7 @@ def _dynamic(dynamic: Sequence[str] | Mapping[str, int] | None, dynamic_batch: b
     return {a: _AXES[a] for a in dynamic}
 
 
-def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, format: Format = "onnx",
+def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any = None, format: Format = "onnx",
            check: bool = True, check_data: Iterable[Any] | None = None, opset: int | None = None,
            dynamic_batch: bool = True, dynamic: Sequence[str] | Mapping[str, int] | None = None,
            dynamic_axes: Mapping[str, int] | None = None, **web: Any) -> ExportResult:
@@ -115,9 +115,14 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     forms must also match PyTorch's accuracy within 0.2 points.
     format="web": `path` is a folder holding the ONNX file and a static page that runs it in
         ONNX Runtime Web; `**web` takes export_web's options (inputs=, ort_web=, npm_install=).
+    format="compressed-tensors": `path` is a folder that transformers and vLLM load (see
+    export.compressed_tensors); no example is needed, the check decodes the written weights.
     Raises ConfigError (bad format or path), UnsupportedModelError (graph cannot be exported;
     names the operator) or ParityError (the file computes something else).
     """
+    if example is None and format != "compressed-tensors":
+        raise ConfigError(f"format={format!r} traces the model: pass example= (one input batch, e.g. "
+                          "example=torch.randn(1, 1, 28, 28))")
     if format == "web":  # a folder: the ONNX file, a static page, ONNX Runtime Web (export/web.py)
         from torchshrink.export.web import export_web
 
@@ -126,6 +131,13 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     if web:
         raise ConfigError(f"{', '.join(sorted(web))}: options of format='web' only, not of {format!r}")
     out = _check_args(format, path)
+    if format == "compressed-tensors":
+        from torchshrink.export.compressed_tensors import export_compressed_tensors
+
+        ct = export_compressed_tensors(model, out, check=check)
+        form: Literal["float", "half", "quantized"] = "quantized" if ct.packed else "float"
+        return ExportResult(ct.path, format, ct.bytes, form, {**ct.packed, **dict.fromkeys(ct.dense, "dense")},
+                            None, "torchshrink")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"expected an nn.Module to export, got {type(model).__name__}")
     if dynamic is not None and dynamic_axes is not None:
@@ -162,7 +174,7 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    form: Literal["float", "half", "quantized"] = "quantized" if prep.quantized else (
+    form = "quantized" if prep.quantized else (
         "half" if prep.half else "float")
     return ExportResult(str(out), format, out.stat().st_size, form, prep.swapped, parity, exporter)
 

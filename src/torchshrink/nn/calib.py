@@ -70,6 +70,9 @@ class InputStats:
         self.sq_sum: torch.Tensor | None = None
         self.nonzero: torch.Tensor | None = None
         self.hessian: torch.Tensor | None = None
+        # The module (name) whose output tensor is this input on every batch, when watched
+        # (collect_stats(watch=...)): the op a per-input-channel scale can be folded into.
+        self.producer: str | None = None
 
     def add(self, module: nn.Module, x: torch.Tensor) -> None:
         rows = input_features(module, x.detach().float())
@@ -96,9 +99,14 @@ class _Stop(Exception):
 
 
 def collect_stats(runs: Iterable[Callable[[], Any]], pending: Sequence[tuple[str, nn.Module]], *,
-                  hessian: bool, stop_at_new_input: bool) -> tuple[dict[str, InputStats], list[Any]]:
+                  hessian: bool, stop_at_new_input: bool, watch: Sequence[tuple[str, nn.Module]] = ()
+                  ) -> tuple[dict[str, InputStats], list[Any]]:
     """Statistics of the `pending` layers over `runs` (each runs one batch), and each run's
     output (None for a run stopped early).
+
+    `watch`: modules whose outputs are remembered during a run, so each statistics object
+    records which of them produced its input tensor (`InputStats.producer`; None when none did,
+    or not the same one on every batch).
 
     `stop_at_new_input`: a run stops at the first pending layer whose input is not the input of
     the first pending layer it reached, so only that group (and the layers reading the same
@@ -126,18 +134,29 @@ def collect_stats(runs: Iterable[Callable[[], Any]], pending: Sequence[tuple[str
                     return  # the owner already counted this tensor
                 stats[name] = copy.deepcopy(stats[name])  # inputs diverged: its own statistics from here
                 del alias[name]
+            made = next((n for t, n in state["made"] if t is x), None)
             if name not in stats:
                 stats[name] = InputStats(module, hessian)
+                stats[name].producer = made
+            elif stats[name].producer != made:
+                stats[name].producer = None
             stats[name].add(module, x)
             seen.append((x, name))
         return hook
 
+    def remember(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                state["made"].append((out, name))
+        return hook
+
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in pending]
+    handles += [m.register_forward_hook(remember(n)) for n, m in watch]
     outputs: list[Any] = []
     try:
         with torch.no_grad():
             for run in runs:
-                state["x0"], state["seen"] = None, []
+                state["x0"], state["seen"], state["made"] = None, [], []
                 out = None
                 with contextlib.suppress(_Stop):
                     out = run()
@@ -221,7 +240,7 @@ class _Replay(nn.Module):
 def calibrate_sequentially(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], calibration: Iterable[Any],
                            compress: Compress, *, limit: int | None, hessian: bool,
                            blocks: Sequence[str] | None = None, propagate: Propagate = "compressed",
-                           true_sequential: bool = False) -> None:
+                           true_sequential: bool = False, producers: bool = False) -> None:
     """Measure and compress `layers` of `model` block by block (see the module docstring).
 
     compress: called with {layer name: InputStats} for a set of layers, which it compresses in
@@ -232,6 +251,8 @@ def calibrate_sequentially(model: nn.Module, layers: Sequence[tuple[str, nn.Modu
         more forward per block); "original" passes on the outputs of the measuring forward.
     true_sequential: measure the layer groups inside a block one after another, each after the
         ones before it were compressed (a partial block forward per group), instead of all at once.
+    producers: record, for the layers inside blocks, which module of the block produced their
+        input (`InputStats.producer`, the full module name), for methods that fold a scale there.
     """
     pending = list(layers)
     if not pending:
@@ -248,14 +269,14 @@ def calibrate_sequentially(model: nn.Module, layers: Sequence[tuple[str, nn.Modu
             _by_groups(model_runs, pending, compress, hessian)
             return
         _blockwise(model, names, pending, calibration, compress, limit=limit, hessian=hessian,
-                   propagate=propagate, true_sequential=true_sequential)
+                   propagate=propagate, true_sequential=true_sequential, producers=producers)
     finally:
         model.train(was)
 
 
 def _blockwise(model: nn.Module, names: list[str], pending: list[tuple[str, nn.Module]], calibration: Iterable[Any],
                compress: Compress, *, limit: int | None, hessian: bool, propagate: Propagate,
-               true_sequential: bool) -> None:
+               true_sequential: bool, producers: bool = False) -> None:
     inside = [[(n, m) for n, m in pending if n.startswith(b + ".")] for b in names]
     claimed = {n for group in inside for n, _ in group}
     outside = [(n, m) for n, m in pending if n not in claimed]
@@ -282,19 +303,22 @@ def _blockwise(model: nn.Module, names: list[str], pending: list[tuple[str, nn.M
 
         outs: list[Any] | None = None
         todo = list(group)
+        watch = list(block.named_modules(prefix=name)) if producers else []
         if todo and not true_sequential:
-            stats, outs = collect_stats(runs(), todo, hessian=hessian, stop_at_new_input=False)
+            stats, outs = collect_stats(runs(), todo, hessian=hessian, stop_at_new_input=False, watch=watch)
             if stats:
                 compress(stats)
             todo = [(n, m) for n, m in todo if n not in stats]
             if propagate == "compressed" and stats:
                 outs = None
+            del stats  # this block's Hessians go before the next block's are collected
         while todo and true_sequential:
-            stats, _ = collect_stats(runs(), todo, hessian=hessian, stop_at_new_input=True)
+            stats, _ = collect_stats(runs(), todo, hessian=hessian, stop_at_new_input=True, watch=watch)
             if not stats:
                 break
             compress(stats)
             todo = [(n, m) for n, m in todo if n not in stats]
+            del stats
         left += todo  # never reached inside the block: measured with the layers after the blocks
         if outs is None:
             with torch.no_grad():

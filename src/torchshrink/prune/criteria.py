@@ -9,11 +9,15 @@ channel (or uses the activation statistics directly, see `prune.graph`).
 | l1         | abs(w)                                         | none          |
 | l2         | w^2                                            | none          |
 | activation | abs(w) * mean abs(x_j)   (input activation)     | inputs        |
-| wanda      | abs(w) * ||x_j||_2       (Sun et al. 2023)     | inputs        |
+| wanda      | abs(w) * ||x_j||_2       (Sun et al. 2023)     | inputs        |  per row
 | apoz       | abs(w) * P(x_j != 0)     (1 - APoZ of input j) | inputs        |
 | taylor     | abs(w * mean g)          first-order Taylor    | inputs+labels |
 | fisher     | 0.5 * w^2 * mean(g^2)    OBD, diagonal Fisher  | inputs+labels |
 | obs        | w^2 / [H^-1]_jj          OBS, H = X^T X        | inputs        |
+
+Wanda's scores are compared within each output row, as in the paper (every row keeps the same
+fraction: the input norms scale whole columns, so comparing across rows would favour rows with
+large weights); `row_wise_mask` does that selection. The others rank a layer's weights together.
 
 `obs` also *updates* the surviving weights of a layer (see `prune.obs`); as a score it is the
 OBS saliency of removing one weight.
@@ -36,13 +40,31 @@ from torchshrink.train import default_loss
 
 __all__ = ["Criterion", "CRITERIA", "DATA_CRITERIA", "LABEL_CRITERIA", "weight_scores", "require_data",
            "input_features", "collect_inputs",
-           "scores_from_stats", "INPUT_CRITERIA"]
+           "scores_from_stats", "INPUT_CRITERIA", "ROW_CRITERIA", "row_wise_mask"]
 
 Criterion = Literal["l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs"]
 CRITERIA: tuple[str, ...] = ("l1", "l2", "activation", "wanda", "apoz", "taylor", "fisher", "obs")
 DATA_CRITERIA = frozenset({"activation", "wanda", "apoz", "taylor", "fisher", "obs"})
 LABEL_CRITERIA = frozenset({"taylor", "fisher"})
 INPUT_CRITERIA = frozenset({"activation", "wanda", "apoz", "obs"})  # from input statistics alone
+ROW_CRITERIA = frozenset({"wanda"})  # compared within each output row
+
+
+def row_wise_mask(scores: torch.Tensor, sparsity: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool keep-mask pruning the round(sparsity * width) lowest scores of every output row
+    (the 2-D view (rows, width)); entries already pruned (`keep` False) go first and stay pruned.
+    Ties break by position (stable sort), so every row loses exactly that many."""
+    rows = scores.shape[0]
+    s = scores.detach().float().reshape(rows, -1).clone()
+    if keep is not None:
+        s[~keep.reshape(rows, -1).to(torch.bool)] = -float("inf")
+    k = round(sparsity * s.shape[1])
+    out = torch.ones_like(s, dtype=torch.bool)
+    if k > 0:
+        out.scatter_(1, torch.argsort(s, dim=1, stable=True)[:, :k], False)
+    if keep is not None:
+        out &= keep.reshape(rows, -1).to(torch.bool)
+    return out.reshape(scores.shape)
 
 
 def require_data(criterion: str, calibration: Iterable[Any] | None, *, method: str = "ts.prune") -> None:

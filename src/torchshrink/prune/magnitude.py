@@ -23,8 +23,10 @@ from torchshrink.nn.select import expand
 from torchshrink.prune.criteria import (
     CRITERIA,
     INPUT_CRITERIA,
+    ROW_CRITERIA,
     Criterion,
     require_data,
+    row_wise_mask,
     scores_from_stats,
     weight_scores,
 )
@@ -126,6 +128,8 @@ def _prune_sequential(model: nn.Module, layers: Sequence[tuple[str, nn.Module]],
                 with torch.no_grad():
                     params.original(m).copy_(new_w.reshape(w.shape))
                 set_mask(m, keep.reshape(w.shape))
+            elif criterion in ROW_CRITERIA:
+                set_mask(m, row_wise_mask(scores_from_stats(criterion, w.float(), s), targets[n], mask_of(m)))
             else:
                 k = round(targets[n] * w.numel())
                 set_mask(m, lowest_k_mask(scores_from_stats(criterion, w.float(), s), k, mask_of(m)))

@@ -23,7 +23,7 @@ from torchshrink.nn import coverage, get_module, params, select_layers, set_modu
 from torchshrink.nn.calib import InputStats, calibrate_sequentially
 from torchshrink.nn.kinds import tied_groups
 from torchshrink.progress import progress_bar
-from torchshrink.quant.awq import awq_column_scale
+from torchshrink.quant.awq import awq_column_scale, awq_input_scales
 from torchshrink.quant.fake import (
     FakeQuant,
     Granularity,
@@ -55,6 +55,9 @@ from torchshrink.quant.packing import pack, packed_bytes, unpack
 from torchshrink.registry import Context, register
 
 __all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
+
+
+PACK_SLICE = 1 << 20  # codes packed at a time (a multiple of 8, so every slice ends on a byte)
 
 
 class WeightOnlyLayer(nn.Module):
@@ -99,7 +102,14 @@ class WeightOnlyLayer(nn.Module):
         return f"bit-packed int{self.bits} dequant-on-the-fly"
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
-        self.packed.copy_(pack(codes, self.bits))
+        # In slices (a whole number of bytes each): packing widens codes to int32, which for an
+        # LM head would briefly cost several times its float weight.
+        flat = codes.reshape(-1)
+        step = PACK_SLICE
+        for i in range(0, flat.numel(), step):
+            part = pack(flat[i:i + step], self.bits)
+            start = i * self.bits // 8
+            self.packed[start:start + part.numel()] = part
         self.scale.copy_(scale.reshape(-1, 1))
         if self.zero_point is not None:
             self.zero_point.copy_(zero.reshape(-1, 1).to(torch.uint8))
@@ -213,12 +223,16 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
                                group_size: int | None = None, method: WeightMethod = "minmax",
                                hessian: torch.Tensor | None = None, damping: float = 0.01,
                                algorithm: Literal["rtn", "gptq", "awq"] = "gptq",
-                               desc_act: bool = False) -> WeightOnlyLayer:
+                               desc_act: bool = False, awq_scale: torch.Tensor | None = None,
+                               awq_folded: bool = False) -> WeightOnlyLayer:
     """Pack one layer. A FakeQuant already on the weight (after QAT) fixes the grid; otherwise
     the grid comes from `method`, and with `hessian` (the layer's input X^T X) the codes come
     from `algorithm` (GPTQ, or AWQ's activation-aware column scaling) instead of rounding to
     nearest. Codebook layers use one grid per tensor (shared
-    values stay shared); pruned zeros map to code `zero_point` and dequantize to exactly 0."""
+    values stay shared); pruned zeros map to code `zero_point` and dequantize to exactly 0.
+    AWQ: `awq_scale` is the column scale chosen for this layer's input group (searched here when
+    None); `awq_folded` means the op before the layer already divides its input by it, so the
+    codes encode W diag(s) and the layer keeps no scale."""
     op = layer_op(name, m)
     chain = params.chain(m)
     fq = next((p for p in chain if isinstance(p, FakeQuant)), None)
@@ -243,11 +257,14 @@ def quantize_layer_weight_only(name: str, m: nn.Module, *, bits: int, symmetric:
         else:
             h = hessian
             if hessian is not None and granularity != "tensor" and algorithm == "awq":
-                col_scale = awq_column_scale(w, hessian, bits=bits, symmetric=symmetric, granularity=granularity,
-                                             group_size=group_size, method=method)
+                col_scale = awq_scale if awq_scale is not None else awq_column_scale(
+                    w, hessian, bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
+                    method=method)
                 w = w.detach().float() * col_scale.reshape(1, *w.shape[1:])
                 flat = col_scale.reshape(-1)
                 h = hessian / (flat[:, None] * flat[None, :])  # the inputs the scaled weight meets
+                if awq_folded:
+                    col_scale = None
             hb = None
             if method == "output":
                 if h is None or granularity == "tensor":
@@ -320,19 +337,29 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
     bar = progress_bar(len(layers), config.algorithm, ctx.progress and data_aware)
     done: dict[str, WeightOnlyLayer] = {}
 
-    def put(name: str, m: nn.Module, hessian: torch.Tensor | None) -> None:
+    def put(name: str, m: nn.Module, hessian: torch.Tensor | None, awq: tuple[torch.Tensor, bool] | None = None
+            ) -> None:
         q = quantize_layer_weight_only(name, m, bits=config.bits, symmetric=config.symmetric,
                                        group_size=groups[name], method=config.clip, hessian=hessian,
                                        damping=config.damping, algorithm=config.algorithm,
-                                       desc_act=config.desc_act)
+                                       desc_act=config.desc_act, awq_scale=None if awq is None else awq[0],
+                                       awq_folded=awq is not None and awq[1])
         done[name] = q
-        # Until every layer is done, a float stand-in computes with the quantized weight, so the
-        # calibration passes after it do not unpack codes on every call.
-        set_module(model, name, DecodedOp(q.op, q.dequantized_weight(), q.bias))
+        # Until every layer is done, the calibration passes after it compute with its quantized
+        # weight in float (no unpacking on every call): written into the float layer's own
+        # storage by default, so no second copy of the model exists; with rollback=True (or a
+        # parametrized weight) a float stand-in holds it and the original stays untouched.
+        w = getattr(m, "weight", None)
+        if config.rollback or params.chain(m) or not isinstance(w, nn.Parameter):
+            set_module(model, name, DecodedOp(q.op, q.dequantized_weight(), q.bias))
+        else:
+            with torch.no_grad():
+                w.copy_(q.dequantized_weight().reshape(w.shape))
         if bar is not None:
             bar.update(1)
 
     pending = [(n, m) for n, m in layers if data_aware and data_aware_eligible(m)]
+    shared = {n for g in ties.values() if len(g) > 1 for n in g}  # their codes serve other inputs too
     try:
         for name, m in layers:  # rounded to nearest first, so the GPTQ layers after them see their error
             if all(name != n for n, _ in pending):
@@ -340,17 +367,30 @@ def apply_weight_only(model: nn.Module, config: WeightOnly, ctx: Context) -> nn.
         by_name = dict(pending)
 
         def compress(stats: dict[str, InputStats]) -> None:
+            awq = awq_input_scales(model, stats, by_name, groups, bits=config.bits, symmetric=config.symmetric,
+                                   method=config.clip, keep=set(done) | shared) \
+                if config.algorithm == "awq" and config.fold and not config.rollback else {}
             for name, s in stats.items():
-                put(name, by_name[name], s.hessian)
+                put(name, by_name[name], s.hessian, awq.get(name))
 
         if pending:  # block by block, each measured on the outputs of the quantized blocks before it
             assert ctx.calibration is not None
             calibrate_sequentially(model, pending, ctx.calibration, compress, limit=config.calibration_batches,
                                    hessian=True, blocks=config.blocks, propagate=config.propagate,
-                                   true_sequential=config.true_sequential)
-    except BaseException:
-        for name, m in layers:  # nothing half-done: the original layers go back
-            set_module(model, name, m)
+                                   true_sequential=config.true_sequential,
+                                   producers=config.algorithm == "awq" and config.fold and not config.rollback)
+    except BaseException as e:
+        if config.rollback:
+            for name, m in layers:  # nothing half-done: the original layers go back
+                set_module(model, name, m)
+        else:  # the float weights of the finished layers hold their quantized values: swap them in
+            for name, q in done.items():
+                q.cpu_kernel = config.cpu_kernel
+                set_module(model, name, q)
+            if hasattr(e, "add_note"):
+                e.add_note(f"WeightOnly stopped after {len(done)} of {len(layers)} layers; those are quantized "
+                           "in the model (rollback=True restores the original layers on failure, at the cost "
+                           "of a second copy of the weights)")
         raise
     finally:
         if bar is not None:
@@ -407,6 +447,15 @@ class WeightOnly(Config):
         input column by its activation size to the power alpha (searched per layer on the same
         data) before rounding and divides it back out: one more float per input column. Layers
         after QAT, codebook layers and grouped convs keep RTN.
+    fold: AWQ gives the layers that read one input (q, k, v) one scale and folds it into the
+        op producing that input (RMSNorm/LayerNorm, or a Linear not itself quantized), where
+        there is one; elsewhere, and with fold=False or rollback=True (a folded norm is not
+        restored), each layer keeps its own column scale.
+    rollback: GPTQ/AWQ run block by block, and each finished layer's quantized weight is written
+        into its float weight's storage, so the model is never held twice (peak memory about the
+        model plus one block's statistics); if calibration fails, the finished layers stay
+        quantized. True keeps the originals until the end and restores them on failure (about
+        twice the weights in memory).
     cpu_kernel: None (default) runs eligible layers (int4 Linear, group_size 32/64/128/256,
         outputs a multiple of 16) through PyTorch's packed int4 CPU matmul in eval mode: several
         times faster than float at batch 1, with activations and scales rounded to bfloat16
@@ -427,6 +476,8 @@ class WeightOnly(Config):
     blocks: tuple[str, ...] | None = None
     propagate: Literal["compressed", "original"] = "compressed"
     true_sequential: bool = False
+    rollback: bool = False
+    fold: bool = True
     targets: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     strict: bool = False
