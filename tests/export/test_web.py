@@ -161,7 +161,7 @@ def test_cli_writes_the_folder(ort_web: Path, tmp_path: Path, capsys: Any) -> No
     assert main(["export", artifact, "--out", str(tmp_path / "m.onnx"), "--npm-install"]) == 2
     assert "--npm-install: options of --format web only, not of onnx" in capsys.readouterr().err
     assert main(["export", artifact, "--format", "wbe", "--out", str(tmp_path / "x")]) == 2
-    assert "supported formats: onnx, pt2, web. Did you mean 'web'?" in capsys.readouterr().err
+    assert "supported formats: onnx, pt2, tflite, pte, coreml, web. Did you mean 'web'?" in capsys.readouterr().err
 
 
 def test_npm_install_runs_npm_into_the_cache(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
