@@ -102,10 +102,8 @@ def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any, form
 
     format: "onnx" (ONNX Runtime and every ONNX consumer; quantized layers become QDQ /
     integer-matmul graphs, low-bit weights stay packed) or "pt2" (a torch.export program,
-    loadable with torch.export.load and no model code); the edge formats "tflite" (LiteRT),
-    "pte" (ExecuTorch, XNNPACK) and "coreml" (.mlpackage), each behind its extra, keep the
-    example's shapes (trace at the batch size the device runs) and carry the compressed forms
-    listed in export/capabilities.py.
+    loadable with torch.export.load and no model code), or an edge runtime's file: "tflite"
+    (LiteRT), "pte" (ExecuTorch, XNNPACK) or "coreml" (.mlpackage), each behind its extra.
     example: one input batch (tensor, tuple, or a dict of keyword tensors such as
         {"input_ids": ids, "attention_mask": mask}, which become graph inputs of those names;
         Hugging Face models are exported without their key/value cache), used for tracing and
