@@ -3,18 +3,21 @@ integer matmuls, weight-only low-bit as packed initializers."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchshrink as ts
 from torchshrink import models
 from torchshrink.export.packed import unpack_stream
 from torchshrink.quant.packing import pack
+from torchshrink.quant.weight_only import WeightOnlyLayer
 
 
 def _calibration(shape: tuple[int, ...]) -> DataLoader:
@@ -89,3 +92,18 @@ def test_weight_only_stays_packed_in_the_file(bits: int, tmp_path: Any) -> None:
     assert int(np.prod(packed.dims)) == (784 * 300 * bits + 7) // 8
     # the whole file is smaller than the float32 weights alone
     assert result.bytes < 266_610 * 4 * (bits + 2) / 32 + 20_000
+
+
+def test_int4_kernel_model_exports_with_its_exact_function(tmp_path: Path) -> None:
+    # With the default cpu_kernel, PyTorch runs these layers on the bfloat16 int4 kernel; the
+    # file computes in float, so parity is checked against the exact float path, and the
+    # model's own setting is left as it was.
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    q = ts.quantize(m, ts.WeightOnly(bits=4, group_size=32))
+    layers = [layer for layer in q.modules() if isinstance(layer, WeightOnlyLayer)]
+    assert layers and all(layer.cpu_kernel is None for layer in layers)
+    r = ts.export(q, tmp_path / "q.onnx", example=torch.randn(8, 128))
+    assert r.parity is not None and r.parity.passed
+    assert all(layer.cpu_kernel is None for layer in layers)

@@ -6,10 +6,12 @@ passes, so a failed export never leaves a file that looks valid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +96,24 @@ def _dynamic(dynamic: Sequence[str] | Mapping[str, int] | None, dynamic_batch: b
     return {a: _AXES[a] for a in dynamic}
 
 
+def _float_reference(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
+    """Run `fn` with the model's int4-kernel layers on their exact float path: runtimes compute
+    the file in float, and the bfloat16 rounding of PyTorch's int4 CPU kernel is not part of
+    the function the file must match."""
+
+    @functools.wraps(fn)
+    def run(model: nn.Module, *args: Any, **kwargs: Any) -> ExportResult:
+        try:
+            from torchshrink.quant.weight_only import exact_arithmetic
+        except ImportError:  # the quantization family is not installed
+            return fn(model, *args, **kwargs)
+        with exact_arithmetic(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+            return fn(model, *args, **kwargs)
+
+    return run
+
+
+@_float_reference
 def export(model: nn.Module, path: str | os.PathLike[str], *, example: Any = None, format: Format = "onnx",
            check: bool = True, check_data: Iterable[Any] | None = None, opset: int | None = None,
            dynamic_batch: bool = True, dynamic: Sequence[str] | Mapping[str, int] | None = None,
