@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("sections", {})[section] = {"load_average_before": before, "load_average_after": loads(),
                                                       "seconds": round(time.perf_counter() - t0, 1),
                                                       "rounds": rounds, "nice": os.nice(0), "utc": _utc()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))  # after each section: a long run stopped keeps what it has
     print_tables(result)
     print(f"wrote {out}")
     return 0
