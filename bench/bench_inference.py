@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/inference[_threads<N>].json")
     p.add_argument("--only", choices=SECTIONS, action="append")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15, 5 with --quick)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated subset of {','.join(MODELS)} for the methods section; the file's rows "
+                        "of the other models are kept")
     args = p.parse_args(argv)
     if args.threads == "all":
         threads = torch.get_num_threads()
@@ -270,7 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("every method, inference form vs fp32:")
 
-            def save_methods(rows: list[dict[str, Any]], *, _before: list[float] = before, _t0: float = t0) -> None:
+            models = tuple(m for m in (args.models or ",".join(MODELS)).split(",") if m)
+            unknown = [m for m in models if m not in MODELS]
+            if unknown:
+                p.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+            kept = [r for r in result.get("methods", []) if r["model"] not in models] if args.models else []
+
+            def save_methods(rows: list[dict[str, Any]], *, _before: list[float] = before, _t0: float = t0,
+                             _kept: list[dict[str, Any]] = kept) -> None:
+                rows = _kept + rows
                 result["methods"] = rows
                 result.setdefault("sections", {})["methods"] = {
                     "load_average_before": _before, "load_average_after": loads(),
@@ -278,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                     "utc": _utc(), "models_done": sorted({r["model"] for r in rows})}
                 save(out, result)
 
-            method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist, save_methods)
+            method_rows(MODELS[:1] if args.quick and not args.models else models, rounds, mnist, save_methods)
             continue
         result.setdefault("sections", {})[section] = {"load_average_before": before, "load_average_after": loads(),
                                                       "seconds": round(time.perf_counter() - t0, 1),
