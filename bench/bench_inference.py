@@ -66,6 +66,11 @@ def times_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]
     return {k: statistics.median(v) for k, v in round_times_ms(fns, rounds).items()}
 
 
+def save(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
 def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -107,8 +112,10 @@ def forms(records: dict[str, dict[str, Any]]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in chosen.items()) or "no layer to change"
 
 
-def method_rows(models: tuple[str, ...], rounds: int, mnist: Any) -> list[dict[str, Any]]:
-    rows = []
+def method_rows(models: tuple[str, ...], rounds: int, mnist: Any,
+                done: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """`done(rows so far)` runs after each model, so a long run saves as it goes."""
+    rows: list[dict[str, Any]] = []
     for name in models:
         torch.manual_seed(0)
         fp32 = ts.models.create(name).eval()
@@ -148,6 +155,7 @@ def method_rows(models: tuple[str, ...], rounds: int, mnist: Any) -> list[dict[s
             rows.append(row)
             print(f"  {name:12s} {method.name:18s} b1 {row['b1_ratio']:.2f}x b32 {row['b32_ratio']:.2f}x "
                   f"mem {row['resident_ratio']:.3f}", flush=True)
+        done(rows)
     return rows
 
 
@@ -230,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="default: bench/results/inference[_threads<N>].json")
     p.add_argument("--only", choices=SECTIONS, action="append")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15, 5 with --quick)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated subset of {','.join(MODELS)} for the methods section; the file's rows "
+                        "of the other models are kept")
     args = p.parse_args(argv)
     if args.threads == "all":
         threads = torch.get_num_threads()
@@ -261,12 +272,29 @@ def main(argv: list[str] | None = None) -> int:
             result["deep_compression"] = deep_compression(rounds, mnist, 1 if args.quick else 3)
         else:
             print("every method, inference form vs fp32:")
-            result["methods"] = method_rows(MODELS[:1] if args.quick else MODELS, rounds, mnist)
+
+            models = tuple(m for m in (args.models or ",".join(MODELS)).split(",") if m)
+            unknown = [m for m in models if m not in MODELS]
+            if unknown:
+                p.error(f"--models: unknown {unknown}; choose from {', '.join(MODELS)}")
+            kept = [r for r in result.get("methods", []) if r["model"] not in models] if args.models else []
+
+            def save_methods(rows: list[dict[str, Any]], *, _before: list[float] = before, _t0: float = t0,
+                             _kept: list[dict[str, Any]] = kept) -> None:
+                rows = _kept + rows
+                result["methods"] = rows
+                result.setdefault("sections", {})["methods"] = {
+                    "load_average_before": _before, "load_average_after": loads(),
+                    "seconds": round(time.perf_counter() - _t0, 1), "rounds": rounds, "nice": os.nice(0),
+                    "utc": _utc(), "models_done": sorted({r["model"] for r in rows})}
+                save(out, result)
+
+            method_rows(MODELS[:1] if args.quick and not args.models else models, rounds, mnist, save_methods)
+            continue
         result.setdefault("sections", {})[section] = {"load_average_before": before, "load_average_after": loads(),
                                                       "seconds": round(time.perf_counter() - t0, 1),
                                                       "rounds": rounds, "nice": os.nice(0), "utc": _utc()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+        save(out, result)  # after each section: a long run stopped keeps what it has
     print_tables(result)
     print(f"wrote {out}")
     return 0
