@@ -218,8 +218,8 @@ def menu_rows(bench: Bench, limits: dict[int, float]) -> dict[str, Any]:
                     and c.file_bytes <= limit]
             slot = out.setdefault(f"1/{k}", {})
             if not fits:
-                small = min((c for c in res.candidates if c.file_bytes), key=lambda c: c.file_bytes or 0)
-                slot[key] = {"fits": False, "why": f"the smallest recipe ({small.name}) makes {small.file_bytes:,} "
+                least = min((c for c in res.candidates if c.file_bytes), key=lambda c: c.file_bytes or 0)
+                slot[key] = {"fits": False, "why": f"the smallest recipe ({least.name}) makes {least.file_bytes:,} "
                              f"bytes > {limit:,.0f}"}
                 continue
             best = max(fits, key=lambda c: (c.metric or 0.0, -(c.file_bytes or 0)))
