@@ -143,7 +143,7 @@ def tensor_rows(path: Path) -> list[dict[str, Any]]:
         raw = np.frombuffer(tensor_bytes(t), dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[t.element_size()])
         _, counts = np.unique(raw, return_counts=True)
         rows.append({"tensor": r.key, "encoding": r.encoding, "elements": int(t.numel()), "coded_bytes": r.nbytes,
-                     "order0_entropy_bytes": entropy_bits(counts) / 8 if raw.size else 0.0})
+                     "order0_entropy_bytes": max(0.0, entropy_bits(counts) / 8) if raw.size else 0.0})
     return rows
 
 
@@ -164,10 +164,18 @@ def equal_budget_baseline(model: str, data_name: str, epochs: int, seed: int) ->
     return {"epochs": epochs, "accuracy": b.accuracy(b.model), "seconds": time.perf_counter() - t0}
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
+def _stats(values: list[float | None]) -> dict[str, float] | None:
+    """Mean, spread and range; None where no run measured it (a run cut short)."""
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return None
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def _eq(r: dict[str, Any]) -> float | None:
+    eq = r.get("equal_budget")
+    return None if eq is None else float(eq["accuracy"])
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,9 +188,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "model": model, "data": data_name, "seeds": [r["seed"] for r in rs], "test_samples": rs[0]["test_samples"],
             "short_baseline_epochs": rs[0]["budget"]["short_epochs"], "equal_budget_epochs": rs[0]["budget"]["equal_epochs"],
             "short_baseline_accuracy": _stats([r["baseline"]["accuracy"] for r in rs]),
-            "equal_budget_accuracy": _stats([r["equal_budget"]["accuracy"] for r in rs]),
+            "equal_budget_accuracy": _stats([_eq(r) for r in rs]),
             "file_accuracy": _stats([r["compressed"]["accuracy"] for r in rs]),
-            "drop_vs_equal_budget": _stats([r["equal_budget"]["accuracy"] - r["compressed"]["accuracy"] for r in rs]),
+            "drop_vs_equal_budget": _stats([None if _eq(r) is None else _eq(r) - r["compressed"]["accuracy"]  # type: ignore[operator]
+                                            for r in rs]),
             "drop_vs_short": _stats([r["baseline"]["accuracy"] - r["compressed"]["accuracy"] for r in rs]),
             "file_bytes": _stats([r["compressed"]["bytes"] for r in rs]),
             "ratio": _stats([r["ratio"] for r in rs]),
@@ -197,8 +206,8 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
             f"{'drop (eq)':>13}{'file bytes':>16}{'ratio':>12}")
     lines = [head, "-" * len(head)]
 
-    def ms(d: dict[str, float], f: str = ".2f") -> str:
-        return f"{d['mean']:{f}}±{d['std']:{f}}"
+    def ms(d: dict[str, float] | None, f: str = ".2f") -> str:
+        return "-" if d is None else f"{d['mean']:{f}}±{d['std']:{f}}"
 
     for s in summary:
         lines.append(f"{s['model']:<10}{s['data']:<15}{len(s['seeds']):>6}{s['test_samples']:>7}"
@@ -220,6 +229,45 @@ def tensor_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pq_compare(out: Path, seed: int = 0, finetune_epochs: int = 2) -> dict[str, Any]:
+    """ProductQuantization vs KMeansSharing at equal bits per weight on a trained LeNet-300-100's
+    fc1 (unpruned, the only layer changed): relative weight error and test accuracy, before and
+    after a short centroid fine-tune. Index bits only; codebook bytes listed beside."""
+    import copy
+
+    from torchshrink.cli.baseline import baseline
+
+    b = baseline(model_name="lenet300", data_name="mnist5k", seed=seed, progress=False)
+    base_acc = b.accuracy(b.model)
+    w0 = b.model.fc1.weight.detach().clone()
+    rows = []
+    cases: list[tuple[str, float, Any]] = []
+    for bpw in (1, 2, 3):
+        cases.append(("kmeans_sharing", bpw, ts.KMeansSharing(bits=bpw, targets=("fc1",))))
+        for dim in (2, 4, 8):
+            bits = bpw * dim
+            if bits <= 10:
+                cases.append((f"product_quantization d={dim}", bpw,
+                              ts.ProductQuantization(dim=dim, bits=bits, targets=("fc1",), seed=seed)))
+    for name, bpw, cfg in cases:
+        t0 = time.perf_counter()
+        m = ts.cluster(copy.deepcopy(b.model), cfg)
+        err = float((m.fc1.weight.detach() - w0).norm() / w0.norm())
+        acc0 = b.accuracy(m)
+        ts.fit(m, b.train, epochs=finetune_epochs, lr=3e-4, progress=False, seed=seed)
+        codebook = (2 ** cfg.bits) * (getattr(cfg, "dim", 1)) * 4
+        rows.append({"method": name, "bits_per_weight": bpw, "config": cfg.to_dict(), "rel_weight_error": err,
+                     "accuracy": acc0, "accuracy_after_finetune": b.accuracy(m), "codebook_bytes": codebook,
+                     "seconds": time.perf_counter() - t0})
+        print(f"{name:<28}{bpw:>4} b/w  rel err {err:.4f}  acc {acc0:.2f}% -> {rows[-1]['accuracy_after_finetune']:.2f}% "
+              f"after {finetune_epochs} ep  codebook {codebook} B", flush=True)
+    payload = {"model": "lenet300", "layer": "fc1", "data": "mnist5k", "seed": seed, "baseline_accuracy": base_acc,
+               "finetune_epochs": finetune_epochs, "rows": rows, "loadavg": os.getloadavg(),
+               "threads": torch.get_num_threads()}
+    out.write_text(json.dumps(payload, indent=2))
+    return payload
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: lenet300 on mnist5k, short training, one seed")
@@ -239,8 +287,12 @@ def main() -> int:
                     help="result JSONs whose equal-budget baselines (same model, data, seed and epochs: the same "
                          "training run) are reused instead of trained again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when several runs share 2 cores)")
+    ap.add_argument("--pq", action="store_true", help="only the ProductQuantization vs KMeansSharing comparison")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
+    if args.pq:
+        pq_compare(Path(args.out).with_name("deep_compression_pq.json"))
+        return 0
     t_start = time.perf_counter()
     load_start = os.getloadavg()
 
@@ -314,10 +366,10 @@ def main() -> int:
     print("\n\n######## summary (accuracy and bytes measured on the files read back) ########")
     print(summary_table(summary))
     for r in results:
-        if r["seed"] == results[0]["seed"]:
+        if r["seed"] == results[0]["seed"] and r.get("stage_table"):
             print(f"\nstage table: {r['model']} on {r['data']} (seed {r['seed']})")
             print(stage_table(r["stage_table"]))
-    ok = [r for r in results if r["equal_budget"]["accuracy"] - r["compressed"]["accuracy"] <= 0.2] or results
+    ok = [r for r in results if (_eq(r) or 0.0) - r["compressed"]["accuracy"] <= 0.2] or results
     best = max(ok, key=lambda r: r["ratio"])
     print(f"\nper-layer table of the best file ({best['model']} on {best['data']}, seed {best['seed']}, "
           f"{best['ratio']:.1f}x):")
