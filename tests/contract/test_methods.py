@@ -145,7 +145,7 @@ def test_method_applies_runs_and_survives_the_artifact(method: Method, tmp_path:
     assert out.torchshrink_history[-1] == config.to_dict()
 
     path = tmp_path / f"{method.name}.tsz"
-    written = ts.save(out, path, history=True)  # history is opt-in in the file
+    written = ts.save(out, path, history=True)  # the configs applied travel only when asked
     assert written == path.stat().st_size
     back = ts.load(path, like=_build(name))
     with torch.no_grad():
