@@ -1,13 +1,18 @@
 """Deep Compression end to end: prune, share weights, entropy-code, on files written and read back.
 
-For each (model, data set): train the baseline, run the shipped recipe, write the .tsz file, load
-it back and measure accuracy and bytes there. Prints the stage table (the paper's Table 7:
-pruned, + shared weights, + coding), the per-layer table of the best file (the paper's Table 2),
-and the coders against the empirical entropy of the real codebook indices; writes
-bench/results/deep_compression.json.
+The fair protocol: for each (model, data set, seed) train the baseline, run the shipped recipe,
+write the .tsz file, load it back and measure accuracy and bytes there; and train a second
+baseline for the same total number of epochs as baseline + every fine-tune of the recipe
+(the *equal-budget* baseline), so the compressed model gets no more training than the model it
+is compared with. Accuracy drops are against the equal-budget baseline; means and spreads over
+the seeds. Fashion-MNIST (10,000-image official test set) is the main table, mnist5k (1,000 test
+images: one image is 0.1 point) beside it. Also prints the stage table (the paper's Table 7),
+the per-layer table of the best file (Table 2), and every tensor's coded bytes against the
+order-0 entropy of its values; writes bench/results/deep_compression.json after every run.
 
-    python bench/bench_deep_compression.py            # lenet300 + lenet5 on mnist5k, and Fashion-MNIST
-    python bench/bench_deep_compression.py --quick    # a smoke run: lenet300, few epochs
+    python bench/bench_deep_compression.py                       # 3 seeds, both LeNets, both data sets
+    python bench/bench_deep_compression.py --data mnist5k --seeds 0   # one seed of the fast data set
+    python bench/bench_deep_compression.py --quick               # a smoke run: lenet300, few epochs
 """
 
 from __future__ import annotations
@@ -124,95 +129,261 @@ def speed_row() -> dict[str, Any]:
             **{k: float(np.median(v)) for k, v in times.items()}}
 
 
+def tensor_rows(path: Path) -> list[dict[str, Any]]:
+    """Every stored tensor of a file: its encoding and coded bytes against the order-0 entropy of
+    its values (bit patterns as symbols; zero-size encodings have entropy 0 too)."""
+    from torchshrink.codec.ans import entropy_bits
+    from torchshrink.codec.encodings import tensor_bytes
+
+    info = ts.read_info(path)
+    state = ts.load(path).state_dict()
+    rows = []
+    for r in info.tensors:
+        t = state[r.key]
+        raw = np.frombuffer(tensor_bytes(t), dtype={1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[t.element_size()])
+        _, counts = np.unique(raw, return_counts=True)
+        rows.append({"tensor": r.key, "encoding": r.encoding, "elements": int(t.numel()), "coded_bytes": r.nbytes,
+                     "order0_entropy_bytes": max(0.0, entropy_bits(counts) / 8) if raw.size else 0.0})
+    return rows
+
+
+def budget_epochs(model: str, recipe: dict[str, Any], baseline_epochs: int | None) -> tuple[int, int]:
+    """(baseline epochs, baseline + every fine-tune epoch of the recipe)."""
+    from torchshrink.cli.baseline import train_recipe
+
+    base = baseline_epochs if baseline_epochs is not None else int(train_recipe(model)["epochs"])
+    tune = sum(int(st.get("finetune", {}).get("epochs", 0)) for st in recipe["stages"])
+    return base, base + tune
+
+
+def equal_budget_baseline(model: str, data_name: str, epochs: int, seed: int) -> dict[str, Any]:
+    from torchshrink.cli.baseline import baseline
+
+    t0 = time.perf_counter()
+    b = baseline(model_name=model, data_name=data_name, epochs=epochs, seed=seed, progress=False)
+    return {"epochs": epochs, "accuracy": b.accuracy(b.model), "seconds": time.perf_counter() - t0}
+
+
+def _stats(values: list[float | None]) -> dict[str, float] | None:
+    """Mean, spread and range; None where no run measured it (a run cut short)."""
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return None
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def _eq(r: dict[str, Any]) -> float | None:
+    eq = r.get("equal_budget")
+    return None if eq is None else float(eq["accuracy"])
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["data"]), []).append(r)
+    out = []
+    for (model, data_name), rs in groups.items():
+        out.append({
+            "model": model, "data": data_name, "seeds": [r["seed"] for r in rs], "test_samples": rs[0]["test_samples"],
+            "short_baseline_epochs": rs[0]["budget"]["short_epochs"], "equal_budget_epochs": rs[0]["budget"]["equal_epochs"],
+            "short_baseline_accuracy": _stats([r["baseline"]["accuracy"] for r in rs]),
+            "equal_budget_accuracy": _stats([_eq(r) for r in rs]),
+            "file_accuracy": _stats([r["compressed"]["accuracy"] for r in rs]),
+            "drop_vs_equal_budget": _stats([None if _eq(r) is None else _eq(r) - r["compressed"]["accuracy"]  # type: ignore[operator]
+                                            for r in rs]),
+            "drop_vs_short": _stats([r["baseline"]["accuracy"] - r["compressed"]["accuracy"] for r in rs]),
+            "file_bytes": _stats([r["compressed"]["bytes"] for r in rs]),
+            "ratio": _stats([r["ratio"] for r in rs]),
+            "fp32_bytes": rs[0]["baseline"]["bytes"],
+            "compress_seconds": _stats([r["seconds"] for r in rs]),
+        })
+    return out
+
+
+def summary_table(summary: list[dict[str, Any]]) -> str:
+    head = (f"{'model':<10}{'data':<15}{'seeds':>6}{'test n':>7}{'short base':>13}{'equal base':>13}{'file acc':>13}"
+            f"{'drop (eq)':>13}{'file bytes':>16}{'ratio':>12}")
+    lines = [head, "-" * len(head)]
+
+    def ms(d: dict[str, float] | None, f: str = ".2f") -> str:
+        return "-" if d is None else f"{d['mean']:{f}}±{d['std']:{f}}"
+
+    for s in summary:
+        lines.append(f"{s['model']:<10}{s['data']:<15}{len(s['seeds']):>6}{s['test_samples']:>7}"
+                     f"{ms(s['short_baseline_accuracy']):>13}{ms(s['equal_budget_accuracy']):>13}"
+                     f"{ms(s['file_accuracy']):>13}{ms(s['drop_vs_equal_budget']):>13}{ms(s['file_bytes'], '.0f'):>16}"
+                     f"{ms(s['ratio'], '.1f') + 'x':>12}")
+    lines.append("(mean±std over seeds; accuracies in %, on the test set; file bytes: the .tsz read back, all "
+                 "overhead counted; ratio: dense fp32 parameter bytes / file bytes; drop (eq): equal-budget "
+                 "baseline minus file)")
+    return "\n".join(lines)
+
+
+def tensor_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'tensor':<42}{'encoding':<13}{'elements':>9}{'coded B':>9}{'H0 B':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['tensor']:<42}{r['encoding']:<13}{r['elements']:>9,}{r['coded_bytes']:>9,}"
+                     f"{r['order0_entropy_bytes']:>9.0f}")
+    return "\n".join(lines)
+
+
+def pq_compare(out: Path, seed: int = 0, finetune_epochs: int = 2) -> dict[str, Any]:
+    """ProductQuantization vs KMeansSharing at equal bits per weight on a trained LeNet-300-100's
+    fc1 (unpruned, the only layer changed): relative weight error and test accuracy, before and
+    after a short centroid fine-tune. Index bits only; codebook bytes listed beside."""
+    import copy
+
+    from torchshrink.cli.baseline import baseline
+
+    b = baseline(model_name="lenet300", data_name="mnist5k", seed=seed, progress=False)
+    base_acc = b.accuracy(b.model)
+    w0 = b.model.fc1.weight.detach().clone()
+    rows = []
+    cases: list[tuple[str, float, Any]] = []
+    for bpw in (1, 2, 3):
+        cases.append(("kmeans_sharing", bpw, ts.KMeansSharing(bits=bpw, targets=("fc1",))))
+        for dim in (2, 4, 8):
+            bits = bpw * dim
+            if bits <= 10:
+                cases.append((f"product_quantization d={dim}", bpw,
+                              ts.ProductQuantization(dim=dim, bits=bits, targets=("fc1",), seed=seed)))
+    for name, bpw, cfg in cases:
+        t0 = time.perf_counter()
+        m = ts.cluster(copy.deepcopy(b.model), cfg)
+        err = float((m.fc1.weight.detach() - w0).norm() / w0.norm())
+        acc0 = b.accuracy(m)
+        ts.fit(m, b.train, epochs=finetune_epochs, lr=3e-4, progress=False, seed=seed)
+        codebook = (2 ** cfg.bits) * (getattr(cfg, "dim", 1)) * 4
+        rows.append({"method": name, "bits_per_weight": bpw, "config": cfg.to_dict(), "rel_weight_error": err,
+                     "accuracy": acc0, "accuracy_after_finetune": b.accuracy(m), "codebook_bytes": codebook,
+                     "seconds": time.perf_counter() - t0})
+        print(f"{name:<28}{bpw:>4} b/w  rel err {err:.4f}  acc {acc0:.2f}% -> {rows[-1]['accuracy_after_finetune']:.2f}% "
+              f"after {finetune_epochs} ep  codebook {codebook} B", flush=True)
+    payload = {"model": "lenet300", "layer": "fc1", "data": "mnist5k", "seed": seed, "baseline_accuracy": base_acc,
+               "finetune_epochs": finetune_epochs, "rows": rows, "loadavg": os.getloadavg(),
+               "threads": torch.get_num_threads()}
+    out.write_text(json.dumps(payload, indent=2))
+    return payload
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: lenet300 on mnist5k, short training")
+    ap.add_argument("--quick", action="store_true", help="smoke run: lenet300 on mnist5k, short training, one seed")
     ap.add_argument("--models", nargs="*", default=["lenet300", "lenet5"])
-    ap.add_argument("--no-fashion", action="store_true", help="skip full Fashion-MNIST even when installed")
+    ap.add_argument("--data", nargs="*", default=["mnist5k", "fashion_mnist"],
+                    help="data sets, run in this order (fashion_mnist is skipped when not installed)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--fashion-epochs", type=int, default=8, help="baseline epochs on Fashion-MNIST (60k images)")
     ap.add_argument("--fashion-finetune-epochs", type=int, default=4,
-                    help="epochs of each recipe fine-tune on Fashion-MNIST (60k images; with 1 epoch the "
-                         "files lost ~1 point, with 4 none was lost)")
+                    help="epochs of each recipe fine-tune on Fashion-MNIST (60k images: one epoch is 15x the "
+                         "steps of an mnist5k epoch)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "deep_compression.json"))
     ap.add_argument("--keep-files", default=None, help="directory to keep the .tsz files in")
-    ap.add_argument("--baselines", default=None,
-                    help="directory of trained baselines named MODEL_DATA.tsz (from `torchshrink train`); "
-                         "used instead of training when present")
-    ap.add_argument("--runs-from", nargs="*", default=None,
-                    help="combine earlier result JSONs (bench outputs or `torchshrink compress --report` "
-                         "files, e.g. models run side by side) instead of running; their .tsz files must "
-                         "still exist for the per-layer table")
+    ap.add_argument("--combine", nargs="*", default=None,
+                    help="merge the runs of earlier result JSONs (e.g. models run side by side) instead of running")
+    ap.add_argument("--reuse-equal-budget", nargs="*", default=[],
+                    help="result JSONs whose equal-budget baselines (same model, data, seed and epochs: the same "
+                         "training run) are reused instead of trained again")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when several runs share 2 cores)")
+    ap.add_argument("--pq", action="store_true", help="only the ProductQuantization vs KMeansSharing comparison")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
+    if args.pq:
+        pq_compare(Path(args.out).with_name("deep_compression_pq.json"))
+        return 0
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
 
-    runs: list[tuple[str, str, int | None]] = []
-    if args.quick:
-        runs = [("lenet300", "mnist5k", 3)]
-    else:
-        runs = [(m, "mnist5k", None) for m in args.models]
-        if not args.no_fashion and os.path.isdir(FASHION_DIR):
-            runs += [(m, "fashion_mnist", args.fashion_epochs) for m in args.models]
+    runs: list[tuple[str, str, int | None, int]] = []
+    for data_name in args.data:
+        if data_name == "fashion_mnist" and not os.path.isdir(FASHION_DIR):
+            print(f"skipping fashion_mnist: {FASHION_DIR} is not installed (apt-get install dataset-fashion-mnist)")
+            continue
+        for seed in ([0] if args.quick else args.seeds):
+            for m in (["lenet300"] if args.quick else args.models):
+                epochs = 3 if args.quick else (args.fashion_epochs if data_name == "fashion_mnist" else None)
+                runs.append((m, data_name, epochs, seed))
     keep = Path(args.keep_files) if args.keep_files else Path(tempfile.mkdtemp(prefix="ts_dc_"))
     keep.mkdir(parents=True, exist_ok=True)
-    results = []
-    if args.runs_from:
+    results: list[dict[str, Any]] = []
+    if args.combine:
         runs = []
-        for f in args.runs_from:
-            loaded = json.loads(Path(f).read_text())
-            if "runs" in loaded:
-                results += loaded["runs"]
-            else:  # a `torchshrink compress --report` JSON: the same pipeline (run_compress)
-                loaded["coders"] = coder_rows(Path(loaded["file"]))
-                loaded["source"] = f"torchshrink compress --report {f}"
-                results.append(loaded)
-    for model, data_name, epochs in runs:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        results = [r for part in parts for r in part["runs"]]
+        results.sort(key=lambda r: (r["data"] != "fashion_mnist", r["model"], r["seed"]))
+        t_start -= sum(part["wall_seconds"] for part in parts)  # CPU-parallel parts: an upper bound
+    speed = speed_row()
+
+    def write() -> list[dict[str, Any]]:
+        summary = summarize(results)
+        payload = {"quick": args.quick, "protocol": {
+            "seeds": args.seeds, "data": args.data, "models": args.models,
+            "fashion_epochs": args.fashion_epochs, "fashion_finetune_epochs": args.fashion_finetune_epochs,
+            "equal_budget": "baseline trained for baseline epochs + all recipe fine-tune epochs, same training recipe"},
+            "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                        "loadavg_start": load_start, "loadavg_now": os.getloadavg()},
+            "wall_seconds": time.perf_counter() - t_start, "summary": summary, "runs": results,
+            "coding_speed": speed}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=2, default=float))
+        return summary
+
+    for model, data_name, epochs, seed in runs:
         recipe_path = ROOT / "src" / "torchshrink" / "recipes" / f"deep_compression_{model}.yaml"
         recipe: Any = str(recipe_path)
         if args.quick:
             recipe = _short_recipe(recipe_path)
         elif data_name == "fashion_mnist":
             recipe = _short_recipe(recipe_path, args.fashion_finetune_epochs)
-        out = keep / f"{model}_{data_name}.tsz"
-        print(f"\n=== {model} on {data_name} ===", flush=True)
-        ckpt = Path(args.baselines) / f"{model}_{data_name}.tsz" if args.baselines else None
+        rec_dict = recipe if isinstance(recipe, dict) else ts.load_recipe(recipe_path).to_dict()
+        short, equal = budget_epochs(model, rec_dict, epochs)
+        out = keep / f"{model}_{data_name}_s{seed}.tsz"
+        print(f"\n=== {model} on {data_name}, seed {seed} (load {os.getloadavg()[0]:.1f}) ===", flush=True)
         rep = run_compress(model_name=model, data_name=data_name, recipe=recipe, out=str(out), epochs=epochs,
-                           checkpoint=str(ckpt) if ckpt is not None and ckpt.is_file() else None, progress=False)
+                           seed=seed, progress=False)
         rep["model"] = model
+        rep["seed"] = seed
+        rep["recipe"] = str(recipe_path.relative_to(ROOT))
+        rep["budget"] = {"short_epochs": short, "equal_epochs": equal}
+        print(f"equal-budget baseline: {equal} epochs...", flush=True)
+        reused = [r["equal_budget"] for f in args.reuse_equal_budget if Path(f).is_file()
+                  for r in json.loads(Path(f).read_text())["runs"]
+                  if (r["model"], r["data"], r["seed"], r["equal_budget"]["epochs"]) == (model, data_name, seed, equal)]
+        rep["equal_budget"] = ({**reused[0], "reused_from": "an earlier run of the same training"} if reused
+                               else equal_budget_baseline(model, data_name, equal, seed))
+        print(f"equal-budget baseline: {rep['equal_budget']['accuracy']:.2f}% "
+              f"(short baseline {rep['baseline']['accuracy']:.2f}%, file {rep['compressed']['accuracy']:.2f}%)")
         rep["coders"] = coder_rows(out)
-        rep["recipe"] = str(recipe_path)
+        rep["tensors"] = tensor_rows(out)
+        rep["loadavg"] = os.getloadavg()
         results.append(rep)
+        write()
 
+    summary = write()
     print("\n\n######## summary (accuracy and bytes measured on the files read back) ########")
-    head = (f"{'model':<10}{'data':<15}{'test n':>7}{'base acc':>10}{'file acc':>10}{'drop':>7}"
-            f"{'fp32 bytes':>12}{'file bytes':>12}{'ratio':>8}{'paper':>7}{'secs':>7}")
-    print(head)
-    print("-" * len(head))
+    print(summary_table(summary))
     for r in results:
-        paper = PAPER.get(r["model"], {}).get("ratio")
-        print(f"{r['model']:<10}{r['data']:<15}{r['test_samples']:>7}{r['baseline']['accuracy']:>9.2f}%"
-              f"{r['compressed']['accuracy']:>9.2f}%{r['accuracy_drop']:>7.2f}{r['baseline']['bytes']:>12,}"
-              f"{r['compressed']['bytes']:>12,}{r['ratio']:>7.1f}x{paper or '':>6}x{r['seconds']:>7.0f}")
-    for r in results:
-        print(f"\nstage table: {r['model']} on {r['data']}")
-        print(stage_table(r["stage_table"]))
-    ok = [r for r in results if r["accuracy_drop"] <= 0.2] or results
+        if r["seed"] == results[0]["seed"] and r.get("stage_table"):
+            print(f"\nstage table: {r['model']} on {r['data']} (seed {r['seed']})")
+            print(stage_table(r["stage_table"]))
+    ok = [r for r in results if (_eq(r) or 0.0) - r["compressed"]["accuracy"] <= 0.2] or results
     best = max(ok, key=lambda r: r["ratio"])
-    print(f"\nper-layer table of the best file ({best['model']} on {best['data']}, {best['ratio']:.1f}x):")
+    print(f"\nper-layer table of the best file ({best['model']} on {best['data']}, seed {best['seed']}, "
+          f"{best['ratio']:.1f}x):")
     print(layer_table(best["file"], best["layers"]))
+    print("\nevery tensor of that file: coded bytes vs the order-0 entropy of its values")
+    print(tensor_table(best["tensors"]))
     print("\ncoders on the real codebook indices of that file (bytes):")
     print(coder_table(best["coders"]))
-    speed = speed_row()
     print(f"\none million 5-bit symbols: ANS {speed['ans_bytes']:,} B = {speed['ans_over_entropy']:.4f} x entropy, "
           f"encode {speed['ans_encode']:.3f} s, decode {speed['ans_decode']:.3f} s; Huffman {speed['huffman_bytes']:,} B "
           f"= {speed['huffman_over_entropy']:.4f} x entropy, encode {speed['huffman_encode']:.3f} s, "
           f"decode {speed['huffman_decode']:.3f} s (medians of 3)")
-    payload = {"quick": args.quick, "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                                "threads": torch.get_num_threads()},
-               "runs": results, "best": {"model": best["model"], "data": best["data"], "ratio": best["ratio"]},
-               "coding_speed": speed}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, indent=2, default=float))
-    print(f"\nwrote {args.out}")
+    print(f"\nwall time {time.perf_counter() - t_start:.0f} s, load average at start {load_start}, now {os.getloadavg()}")
+    print(f"wrote {args.out}")
     return 0
 
 

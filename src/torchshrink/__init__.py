@@ -81,11 +81,11 @@ from torchshrink.quant import (  # noqa: E402
 __all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "StaticInt8", "WeightOnly", "quant",
             "quant_diagnostics"]
 # --- weight sharing, entropy coders, recipes ---
-from torchshrink.cluster import KMeansSharing  # noqa: E402
+from torchshrink.cluster import KMeansSharing, ProductQuantization  # noqa: E402
 from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
 from torchshrink.recipe import CompressResult, Recipe, compress, load_recipe  # noqa: E402
 
-__all__ += ["CompressResult", "KMeansSharing", "Recipe", "compress", "load_recipe"]
+__all__ += ["CompressResult", "KMeansSharing", "ProductQuantization", "Recipe", "compress", "load_recipe"]
 # --- low-rank factorization ---
 from torchshrink import lowrank  # noqa: E402
 from torchshrink.lowrank import SvdFactorization  # noqa: E402

@@ -94,15 +94,23 @@ def _pack_codebooks(model: nn.Module) -> dict[str, str]:
 
     try:
         from torchshrink.cluster.codebook import Codebook
+        from torchshrink.cluster.product_codebook import ProductCodebook
+        from torchshrink.export.product_codebook import ProductCodebookWeight
     except ImportError:
         return {}
     swapped: dict[str, str] = {}
     for name, mod in select_layers(model):
         chain = params.chain(mod)
-        others = [t for t in getattr(mod, "parametrizations", {}) if t != "weight"]
-        if not chain or not isinstance(chain[-1], Codebook) or others:
+        # a shared bias is read as its (float) value by CodebookLayer
+        others = [t for t in getattr(mod, "parametrizations", {})
+                  if t != "weight" and not (t == "bias" and isinstance(params.chain(mod, "bias")[-1], Codebook))]
+        if not chain or not isinstance(chain[-1], (Codebook, ProductCodebook)) or others:
             continue
         cb = chain[-1]
+        if isinstance(cb, ProductCodebook):
+            set_module(model, name, CodebookLayer(mod, ProductCodebookWeight(cb)).eval())  # type: ignore[arg-type]
+            swapped[name] = "CodebookLayer (product)"
+            continue
         table = torch.cat([cb.codebook.detach().float(), cb.codebook.detach().new_zeros(1)])
         set_module(model, name, CodebookLayer(mod, CodebookWeight(cb.indices, table)).eval())
         swapped[name] = "CodebookLayer"
