@@ -72,10 +72,21 @@ def test_bench_side_by_side(artifact: str, capsys: Any) -> None:
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     targets = [r["target"] for r in out["rows"]]
-    assert targets == ["torch b=1", "onnxruntime b=1", "torch b=8", "onnxruntime b=8"]
+    # a thinner input than the reference model's: no fp32 baseline, the inference form beside it
+    assert targets == [f"{t} b={b}" for b in (1, 8) for t in ("torch", "torch inference form", "onnxruntime")]
     for r in out["rows"]:
         assert r["runs"] == 2 * 3 and 0 < r["p25_ms"] <= r["median_ms"] <= r["p75_ms"]
     assert out["parity"]["passed"]
+
+
+def test_bench_times_the_fp32_reference_and_the_inference_form(tmp_path: Any, capsys: Any) -> None:
+    torch.manual_seed(0)
+    pruned = ts.prune(models.create("lenet300"), ts.MagnitudePruning(sparsity=0.9))
+    ts.save(pruned, f"{tmp_path}/p.tsz")
+    assert main(["bench", f"{tmp_path}/p.tsz", "--runtime", "torch", "--batch", "1", "--rounds", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["target"] for r in rows] == ["torch fp32 baseline b=1", "torch b=1", "torch inference form b=1"]
+    assert all(r["median_ms"] > 0 for r in rows)
 
 
 def test_bench_rejects_unknown_runtime(artifact: str, capsys: Any) -> None:

@@ -2,6 +2,10 @@
 
     torchshrink bench lenet.tsz --runtime torch,onnxruntime --batch 1,32
     torchshrink bench lenet.tsz --runtime torch,onnxruntime,litert,executorch --batch 1
+
+With the torch runtime, an artifact is timed three ways in the same interleaved rounds: as
+loaded (its training form), in its inference form (`ts.for_inference` at that batch), and,
+where the file names a reference model, as that model in fp32 (the baseline).
 """
 
 from __future__ import annotations
@@ -48,12 +52,15 @@ def runtimes_of(text: str) -> list[str]:
 
 
 def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[int],
-              rounds: int = 15, threads: int | None = 1) -> dict[str, Any]:
-    """Latency of `model` per runtime and batch size, measured side by side."""
+              rounds: int = 15, threads: int | None = 1, baseline: Any = None,
+              inference: bool = True) -> dict[str, Any]:
+    """Latency of `model` per runtime and batch size, measured side by side; with the torch
+    runtime also its inference form (`inference`) and an fp32 `baseline` model when given."""
     import torch
 
     from torchshrink.export import export
     from torchshrink.export.latency import Target, interleaved, ort_target, table, torch_target
+    from torchshrink.infer import for_inference
 
     runtimes_of(",".join(runtimes))
     targets: list[Target] = []
@@ -67,7 +74,12 @@ def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[in
             reps = -(-b // example.shape[0])
             x = torch.cat([example] * reps)[:b]
             if "torch" in runtimes:
+                if baseline is not None:
+                    targets.append(torch_target(baseline, (x,), label=f"torch fp32 baseline b={b}"))
                 targets.append(torch_target(model, (x,), label=f"torch b={b}"))
+                if inference:
+                    fast = for_inference(model, example=x)
+                    targets.append(torch_target(fast, (x,), label=f"torch inference form b={b}"))
             if "onnxruntime" in runtimes:
                 targets.append(ort_target(path, (x,), threads=threads, label=f"onnxruntime b={b}"))
             for runtime, fmt in EDGE_RUNTIMES.items():
@@ -82,6 +94,29 @@ def run_bench(model: Any, example: Any, *, runtimes: list[str], batches: list[in
                                            for (k, v), t in zip(rows, targets)],
             "parity": parity.to_dict() if parity else None,
             "edge_parity": {k: v.to_dict() for k, v in edge_parity.items() if v is not None}}
+
+
+def fp32_baseline(name: str, example: Any) -> Any:
+    """The fp32 reference model an artifact was made from (same architecture, untrained
+    weights: latency does not depend on their values), or None when the file names none or
+    its recorded structure changed the input (then the reference would time another model)."""
+    import torch
+
+    import torchshrink as ts
+    from torchshrink import models
+
+    if not os.path.isfile(name):
+        return None
+    info = ts.read_info(name)
+    if not info.model_name or info.model_name not in models.names():
+        return None
+    model = models.create(info.model_name, **(info.model_kwargs or {})).eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    except RuntimeError:
+        return None
+    return model
 
 
 def _edge_target(runtime: str, path: str, x: Any, threads: int | None) -> Any:
@@ -99,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     runtimes = runtimes_of(str(args.runtime))
     model, example, _ = target(args.target, None, max(args.batch))
     out = run_bench(model, example, runtimes=runtimes, batches=args.batch, rounds=args.rounds,
-                    threads=args.threads)
+                    threads=args.threads, baseline=fp32_baseline(args.target, example))
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if k != "table"}, indent=2))
     else:
