@@ -264,7 +264,8 @@ def nncf_rows(bench: Bench, limits: dict[int, float]) -> dict[str, Any]:
     for n, mod in q.named_modules():
         kind = type(mod).__name__
         if "WeightsDecompressor" in kind and ":weight" in n:
-            layer = n.split("post_hooks.")[-1].split(":weight")[0]
+            # NNCF names a hook by the module path with ":" for "." ("layers:2:conv2:weight__0")
+            layer = n.split("post_hooks.")[-1].split(":weight")[0].replace(":", ".")
             bits[layer] = 8 if kind.startswith("INT8") else 4
     buf = io.BytesIO()
     torch.save(q.state_dict(), buf)
