@@ -6,8 +6,10 @@ Python standard library's source (`ts.data` text corpus, 64-byte blocks). Llama'
 are `nn.Linear`, so every method of ours touches every projection (GPT-2's `Conv1D` would not
 be seen by all of them yet). The model is wrapped so it takes token ids and returns logits.
 
-Variants, in one run: fp32; our DynamicInt8 (7-bit activations as PyTorch's default, and 8-bit),
-StaticInt8, WeightOnly int4 GPTQ (group 32); 50% unstructured (magnitude, Wanda, SparseGPT/OBS)
+Every variant of ours is timed and scored in its inference form (`ts.for_inference` at batch 1,
+the form per layer recorded in the JSON), as a user would serve it. Variants, in one run: fp32;
+our DynamicInt8 (7-bit activations as PyTorch's default, 8-bit, and one int8 scale per token),
+StaticInt8, WeightOnly int8, WeightOnly int4 GPTQ (group 32); 50% unstructured (magnitude, Wanda, SparseGPT/OBS)
 and 2:4; heads/MLP pruning (HeadPruning, half the block MACs) with a short fine-tune; SVD; peers:
 torch.ao `quantize_dynamic`, torchao int8 dynamic-activation/int8-weight and int8 weight-only,
 NNCF `compress_weights` int8. Quality: validation loss and perplexity (bytes). Latency: 1 thread,
@@ -39,6 +41,7 @@ from torch.nn import functional as F
 
 import torchshrink as ts
 from torchshrink.data.text import load_text
+from torchshrink.measure import resident_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import table  # noqa: E402
@@ -166,20 +169,35 @@ def main() -> None:
     x1, x8 = val_b[0][0][:1], val_b[0][0][:8]
     base_macs = macs_of(fp32, x1)
     results: dict[str, dict[str, Any]] = {}
+    fp32_resident = resident_bytes(fp32)
     models: dict[str, nn.Module] = {"fp32": fp32}
     notes: dict[str, str] = {}
 
-    def ours(name: str, fn: Callable[[nn.Module], nn.Module]) -> None:
-        m, err = peer(lambda: fn(copy.deepcopy(fp32)))
+    forms: dict[str, dict[str, int]] = {}
+
+    def ours(name: str, fn: Callable[[nn.Module], nn.Module], **form: Any) -> None:
+        # Served as a user would serve it: in the inference form chosen per layer at batch 1.
+        m, err = peer(lambda: ts.for_inference(fn(copy.deepcopy(fp32)), example=x1, **form))
         if m is None:
             notes[name] = err or "failed"
         else:
             models[name] = m.eval()
+            chosen: dict[str, int] = {}
+            for rec in getattr(m, "torchshrink_inference", {}).values():
+                chosen[rec["chosen"]] = chosen.get(rec["chosen"], 0) + 1
+            forms[name] = chosen
 
-    ours("ours DynamicInt8 (reduce_range)", lambda m: ts.quantize(m, ts.DynamicInt8()))
-    ours("ours DynamicInt8 (8-bit act)", lambda m: ts.quantize(m, ts.DynamicInt8(reduce_range=False)))
-    ours("ours StaticInt8", lambda m: ts.quantize(m, ts.StaticInt8(), calibration=calib))
-    ours("ours WeightOnly int8", lambda m: ts.quantize(m, ts.WeightOnly(bits=8, group_size=None)))
+    # The int8 rows are compared with int8 peers, so they keep int8 arithmetic (decode_int8=False)
+    # and int8 weights in memory (prefer="memory"), as the peers do.
+    ours("ours DynamicInt8 (7-bit act)", lambda m: ts.quantize(m, ts.DynamicInt8(reduce_range=True)),
+         decode_int8=False)
+    ours("ours DynamicInt8 (8-bit act)", lambda m: ts.quantize(m, ts.DynamicInt8(reduce_range=False)),
+         decode_int8=False)
+    ours("ours DynamicInt8 (per-token act)", lambda m: ts.quantize(m, ts.DynamicInt8(activations="token")),
+         decode_int8=False)
+    ours("ours StaticInt8", lambda m: ts.quantize(m, ts.StaticInt8(), calibration=calib), decode_int8=False)
+    ours("ours WeightOnly int8", lambda m: ts.quantize(m, ts.WeightOnly(bits=8, group_size=None)),
+         prefer="memory")
     ours("ours WeightOnly int4 GPTQ g32", lambda m: ts.quantize(
         m, ts.WeightOnly(bits=4, group_size=32, algorithm="gptq"), calibration=calib, progress=False))
     ours("ours 50% magnitude", lambda m: ts.prune(m, ts.MagnitudePruning(sparsity=0.5)))
@@ -214,6 +232,9 @@ def main() -> None:
             del models[name]
             continue
         results[name] = {"val_loss": loss, "perplexity": math.exp(loss)}
+        if name in forms:
+            results[name]["inference_forms"] = forms[name]
+            results[name]["resident_bytes"] = resident_bytes(m)
         # torch's FLOP counter does not see int8 kernels, so quantized forms get no MAC count
         structural = name == "fp32" or any(w in name for w in ("SVD", "heads", "magnitude", "Wanda", "OBS", "2:4"))
         results[name]["macs_b1"] = macs_of(m, x1) if structural else None
@@ -253,7 +274,7 @@ def main() -> None:
            "corpus": "Python stdlib sources (ts.data default corpus), 64-byte blocks",
            "train_steps": steps, "train_seconds": 5.0 if quick else args.train_seconds,
            "train_threads": args.threads, "latency_threads": 1, "seq_len": 64, "rounds": rounds,
-           "fp32_macs_b1": base_macs, "loadavg_before": load_before, "loadavg_after": load_after,
+           "fp32_macs_b1": base_macs, "fp32_resident_bytes": fp32_resident, "loadavg_before": load_before, "loadavg_after": load_after,
            "val_tokens": sum(y.numel() for _, y in val_b), "results": results, "not_run": notes,
            "int8_verdict": verdict, "quick": quick}
     rows = [[k, f"{r['val_loss']:.4f}", f"{r['perplexity']:.3f}", f"{r['loss_vs_fp32']:+.4f}",
