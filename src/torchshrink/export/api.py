@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 import torch
 from torch import nn
@@ -96,19 +96,23 @@ def _dynamic(dynamic: Sequence[str] | Mapping[str, int] | None, dynamic_batch: b
     return {a: _AXES[a] for a in dynamic}
 
 
-def _float_reference(fn: Callable[..., ExportResult]) -> Callable[..., ExportResult]:
+_P = ParamSpec("_P")
+
+
+def _float_reference(fn: Callable[_P, ExportResult]) -> Callable[_P, ExportResult]:
     """Run `fn` with the model's int4-kernel layers on their exact float path: runtimes compute
     the file in float, and the bfloat16 rounding of PyTorch's int4 CPU kernel is not part of
     the function the file must match."""
 
     @functools.wraps(fn)
-    def run(model: nn.Module, *args: Any, **kwargs: Any) -> ExportResult:
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> ExportResult:
+        model = args[0] if args else kwargs.get("model")
         try:
-            from torchshrink.quant.weight_only import exact_arithmetic
+            from torchshrink.quant.exact import exact_arithmetic
         except ImportError:  # the quantization family is not installed
-            return fn(model, *args, **kwargs)
+            return fn(*args, **kwargs)
         with exact_arithmetic(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
-            return fn(model, *args, **kwargs)
+            return fn(*args, **kwargs)
 
     return run
 

@@ -8,10 +8,8 @@ for affine grids, one uint8 zero point per group. The effective weight is exactl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -56,7 +54,7 @@ from torchshrink.quant.layers import (
 from torchshrink.quant.packing import pack, packed_bytes, unpack
 from torchshrink.registry import Context, register
 
-__all__ = ["WeightOnly", "WeightOnlyLayer", "exact_arithmetic", "quantize_layer_weight_only"]
+__all__ = ["WeightOnly", "WeightOnlyLayer", "quantize_layer_weight_only"]
 
 
 PACK_SLICE = 1 << 20  # codes packed at a time (a multiple of 8, so every slice ends on a byte)
@@ -188,22 +186,6 @@ class WeightOnlyLayer(nn.Module):
         g = f", group_size={self.group_size}" if self.group_size else ""
         return f"{self.op['kind']}, shape={self.shape}, bits={self.bits}, symmetric={self.symmetric}, " \
                f"granularity={self.granularity}{g}"
-
-
-@contextlib.contextmanager
-def exact_arithmetic(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, `model`'s weight-only layers run the exact float path instead of the
-    int4 CPU kernel (which rounds activations and scales to bfloat16). An exported file computes
-    in float, so this is the function it must match; the setting is restored on exit."""
-    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLayer) and m.cpu_kernel is not False]
-    saved = [m.cpu_kernel for m in layers]
-    try:
-        for m in layers:
-            m.cpu_kernel = False
-        yield model
-    finally:
-        for m, c in zip(layers, saved):
-            m.cpu_kernel = c
 
 
 INT4_GROUPS = (32, 64, 128, 256)  # what PyTorch's int4 CPU kernel accepts
