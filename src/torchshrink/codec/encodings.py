@@ -64,6 +64,7 @@ __all__ = [
     "register_encoding",
     "tensor_bytes",
     "tensor_from_bytes",
+    "varint",
 ]
 
 
@@ -310,3 +311,16 @@ register_encoding(Dense())
 register_encoding(Zeros())
 register_encoding(Constant())
 register_encoding(BitMask())
+
+
+def varint(v: int) -> bytes:
+    """LEB128: 7 bits per byte, the high bit set on every byte but the last."""
+    if v < 0:
+        raise ValueError("varint must be non-negative")
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from torchshrink.codec import ans, huffman, sparse
-from torchshrink.codec.encodings import TensorHint, register_encoding
+from torchshrink.codec.encodings import TensorHint, register_encoding, varint
 
 __all__ = [
     "MAX_ALPHABET",
@@ -51,17 +51,7 @@ class Writer:
         self.parts: list[bytes] = []
 
     def varint(self, v: int) -> Writer:
-        v = int(v)
-        if v < 0:
-            raise ValueError("varint must be non-negative")
-        out = bytearray()
-        while True:
-            b = v & 0x7F
-            v >>= 7
-            out.append(b | (0x80 if v else 0))
-            if not v:
-                break
-        self.parts.append(bytes(out))
+        self.parts.append(varint(int(v)))
         return self
 
     def svarint(self, v: int) -> Writer:

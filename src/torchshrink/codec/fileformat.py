@@ -56,7 +56,7 @@ from typing import Any
 
 import torch
 
-from torchshrink.codec.encodings import dtype_from_code
+from torchshrink.codec.encodings import dtype_from_code, varint
 from torchshrink.errors import ArtifactError
 
 __all__ = ["FORMAT_VERSION", "MAX_DEPTH", "ArtifactInfo", "TensorRecord", "atomic_write", "dumps", "layout_crc",
@@ -107,16 +107,6 @@ def layout_crc(layout: list[list[Any]]) -> str:
     return crc(dumps(layout).encode())
 
 
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def pack(manifest: dict[str, Any], payload: bytes) -> bytes:
     """The file's bytes (format 2) for a manifest and the concatenated coded streams."""
     return pack_text(dumps(manifest), payload)
@@ -126,7 +116,7 @@ def pack_text(text: str, payload: bytes) -> bytes:
     """`pack` for a manifest already serialized (tests write hostile text through it)."""
     z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
     packed = z.compress(text.encode("utf-8", "surrogatepass")) + z.flush()
-    rest = _varint(len(packed)) + packed + payload
+    rest = varint(len(packed)) + packed + payload
     blob = struct.pack("<I", zlib.crc32(rest) & 0xFFFFFFFF) + rest
     header = {_BLOB2: {"dtype": "U8", "shape": [len(blob)], "data_offsets": [0, len(blob)]}}
     raw = dumps(header).encode()
