@@ -26,7 +26,7 @@ def test_latency_plan_sweeps_both_fronts_and_plots_them(tmp_path) -> None:
     axes = {p["axis"] for p in res.pareto}
     assert axes == {"bytes", "latency_ms"}
     lat = [p for p in res.pareto if p["axis"] == "latency_ms"]
-    # points whose budgets land on the same plan are merged, so timing noise can leave fewer than 3
+    # when no option measures faster than fp32 (a loaded machine), the sweep is the one fp32 point
     assert 1 <= len(lat) <= 3 and all(p["predicted"] <= p["budget"] * 1.001 for p in lat if p["feasible"])
     # Which latency points are feasible depends on this machine's timings (a loaded CI runner
     # can make none so); every point that was verified carries its measured latency.
