@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+import torchshrink as ts
+from torchshrink import models
 
 
 def _optimized_ops(path: str, tmp_path: object) -> list[str]:
@@ -30,3 +35,33 @@ def optimized_ops() -> Callable[[str, object], list[str]]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def trained_lenet5() -> tuple[torch.nn.Module, Any, Any]:
+    """LeNet-5 trained for one epoch on the synthetic set, with its train and test loaders: an
+    untrained net's logits are near-tied, so int8 rounding differences between kernels flip its
+    argmax at random. One per test module (some tests quantize it in place)."""
+    torch.manual_seed(0)
+    splits = ts.data.load("synthetic")
+    train, _, test = ts.data.loaders(splits, batch_size=64, eval_batch_size=128)
+    model = models.create("lenet5")
+    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
+    return model.eval(), train, test
+
+
+@pytest.fixture()
+def without_module(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """`without_module("executorch")`: importing that package (or a submodule) through
+    importlib raises ImportError for the rest of the test, as where the extra is not installed."""
+    real = importlib.import_module
+
+    def hide(prefix: str) -> None:
+        def fake(name: str, *a: Any, **k: Any) -> Any:
+            if name.startswith(prefix):
+                raise ImportError(name)
+            return real(name, *a, **k)
+
+        monkeypatch.setattr(importlib, "import_module", fake)
+
+    return hide

@@ -25,17 +25,8 @@ def _mlp() -> nn.Module:
                          nn.Linear(32, 10)).eval()
 
 
-def test_missing_extra_names_it(monkeypatch: Any, tmp_path: Any) -> None:
-    import importlib
-
-    real = importlib.import_module
-
-    def fake(name: str, *a: Any, **k: Any) -> Any:
-        if name.startswith("coremltools"):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
+def test_missing_extra_names_it(without_module: Any, tmp_path: Any) -> None:
+    without_module("coremltools")
     with pytest.raises(ConfigError, match=r"pip install 'torchshrink\[coreml\]'"):
         ts.export(_mlp(), f"{tmp_path}/m.mlpackage", example=torch.randn(1, 64), format="coreml")
 

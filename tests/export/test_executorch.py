@@ -25,17 +25,8 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
 
 
-def test_missing_extra_names_it(monkeypatch: Any, tmp_path: Any) -> None:
-    import importlib
-
-    real = importlib.import_module
-
-    def fake(name: str, *a: Any, **k: Any) -> Any:
-        if name.startswith("executorch"):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
+def test_missing_extra_names_it(without_module: Any, tmp_path: Any) -> None:
+    without_module("executorch")
     with pytest.raises(ConfigError, match=r"pip install 'torchshrink\[executorch\]'"):
         ts.export(_mlp(), f"{tmp_path}/m.pte", example=torch.randn(1, 16), format="pte")
 
@@ -65,21 +56,11 @@ def test_pt2e_form_holds_our_codes_and_grids() -> None:
     assert (prep.module(x).argmax(-1) == q(x).argmax(-1)).float().mean() >= 0.9
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, Any, Any]:
-    torch.manual_seed(0)
-    splits = ts.data.load("synthetic")
-    train, _, test = ts.data.loaders(splits, batch_size=64, eval_batch_size=128)
-    model = models.create("lenet5")
-    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
-    return model.eval(), train, test
-
-
 @pytest.mark.slow
 @needs_et
-def test_static_int8(trained: Any, tmp_path: Any) -> None:
+def test_static_int8(trained_lenet5: Any, tmp_path: Any) -> None:
     """(float32 .pte files are checked in test_capabilities.py.)"""
-    model, train, test = trained
+    model, train, test = trained_lenet5
     x = models.example_input(model, 1)
     q = ts.quantize(copy.deepcopy(model), ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)
     r = ts.export(q, f"{tmp_path}/q.pte", example=x, format="pte", check_data=test)

@@ -28,17 +28,8 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
 
 
-def test_missing_extra_names_it(monkeypatch: Any, tmp_path: Any) -> None:
-    import importlib
-
-    real = importlib.import_module
-
-    def fake(name: str, *a: Any, **k: Any) -> Any:
-        if name.startswith("litert_torch"):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
+def test_missing_extra_names_it(without_module: Any, tmp_path: Any) -> None:
+    without_module("litert_torch")
     with pytest.raises(ConfigError, match=r"pip install 'torchshrink\[litert\]'"):
         ts.export(_mlp(), f"{tmp_path}/m.tflite", example=torch.randn(1, 16), format="tflite")
     assert not (tmp_path / "m.tflite").exists()
@@ -73,17 +64,6 @@ def test_fixed_batch_runner_slices_and_pads() -> None:
     np.testing.assert_array_equal(out[0][:, 0], np.arange(10.0) * 2)
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, Any, Any]:
-    """LeNet-5 trained one epoch on the synthetic set (an untrained net's logits are near-tied)."""
-    torch.manual_seed(0)
-    splits = ts.data.load("synthetic")
-    train, _, test = ts.data.loaders(splits, batch_size=64, eval_batch_size=128)
-    model = models.create("lenet5")
-    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
-    return model.eval(), train, test
-
-
 def _ops(path: str) -> tuple[Any, list[dict[str, Any]]]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -94,8 +74,8 @@ def _ops(path: str) -> tuple[Any, list[dict[str, Any]]]:
 
 @pytest.mark.slow
 @needs_litert
-def test_static_int8_carries_our_grids_in_integer_kernels(trained: Any, tmp_path: Any) -> None:
-    model, train, test = trained
+def test_static_int8_carries_our_grids_in_integer_kernels(trained_lenet5: Any, tmp_path: Any) -> None:
+    model, train, test = trained_lenet5
     q = ts.quantize(copy.deepcopy(model), ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)
     path = f"{tmp_path}/q.tflite"
     r = ts.export(q, path, example=models.example_input(model, 1), format="tflite", check_data=test)
@@ -118,8 +98,8 @@ def test_static_int8_carries_our_grids_in_integer_kernels(trained: Any, tmp_path
 @pytest.mark.slow
 @needs_litert
 @pytest.mark.parametrize("form", ["fp32", "int8_dynamic", "weight_only", "float16"])
-def test_float_program_forms(trained: Any, tmp_path: Any, form: str) -> None:
-    model, _, test = trained
+def test_float_program_forms(trained_lenet5: Any, tmp_path: Any, form: str) -> None:
+    model, _, test = trained_lenet5
     configs = {"int8_dynamic": ts.DynamicInt8(), "weight_only": ts.WeightOnly(bits=8, group_size=None, clip="minmax"),
                "float16": ts.Cast(dtype="float16")}
     m = ts.quantize(copy.deepcopy(model), configs[form]) if form in configs else model

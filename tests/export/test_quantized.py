@@ -26,18 +26,6 @@ def _calibration(shape: tuple[int, ...]) -> DataLoader:
     return DataLoader(TensorDataset(xs, torch.zeros(64, dtype=torch.long)), batch_size=16)
 
 
-@pytest.fixture(scope="module")
-def trained_lenet5() -> tuple[torch.nn.Module, DataLoader, DataLoader]:
-    """LeNet-5 trained for one epoch on the synthetic set: an untrained net's logits are
-    near-tied, so int8 rounding differences between kernels flip its argmax at random."""
-    torch.manual_seed(0)
-    splits = ts.data.load("synthetic")
-    train, _, test = ts.data.loaders(splits, batch_size=64, eval_batch_size=128)
-    model = models.create("lenet5")
-    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
-    return model.eval(), train, test
-
-
 def test_static_int8_is_a_fused_qdq_graph(trained_lenet5: Any, tmp_path: Any, optimized_ops: Any) -> None:
     model, train, test = trained_lenet5
     q = ts.quantize(model, ts.StaticInt8(calibration_batches=4), calibration=train, progress=False)

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import torchshrink as ts
-from torchshrink import models
 from torchshrink.export.browser import find_chromium, run_page
 from torchshrink.export.onnx import OrtRunner
 from torchshrink.export.web import (
@@ -60,15 +59,11 @@ def ort_web() -> Path:
 
 
 @pytest.fixture(scope="module")
-def lenet5() -> tuple[torch.nn.Module, Any, torch.Tensor]:
-    """LeNet-5 trained one epoch on the synthetic set (an untrained net's near-tied logits would
-    make top-1 a coin toss for int8), its calibration loader and 64 test rows."""
-    torch.manual_seed(0)
-    splits = ts.data.load("synthetic")
-    train, _, _ = ts.data.loaders(splits, batch_size=64)
-    model = models.create("lenet5")
-    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
-    return model.eval(), train, splits.test.tensors[0][:ROWS]
+def lenet5(trained_lenet5: Any) -> tuple[torch.nn.Module, Any, torch.Tensor]:
+    """The trained LeNet-5 (near-tied logits of an untrained net would make top-1 a coin toss
+    for int8), its calibration loader and the first test rows."""
+    model, train, test = trained_lenet5
+    return model, train, next(iter(test))[0][:ROWS]
 
 
 def _form(name: str, model: torch.nn.Module, train: Any, x: torch.Tensor) -> torch.nn.Module:
