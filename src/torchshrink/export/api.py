@@ -26,6 +26,7 @@ from torchshrink.export.check import (
     float_tolerance,
     sample_batches,
 )
+from torchshrink.export.paths import output_path
 from torchshrink.export.prepare import Prepared, cast_inputs, prepare
 
 __all__ = ["export", "ExportResult", "FORMATS", "Format"]
@@ -67,12 +68,7 @@ def _check_args(fmt: str, path: str | os.PathLike[str]) -> Path:
     if fmt not in FORMATS:
         raise ConfigError(f"unsupported export format {fmt!r}; supported formats: {', '.join(FORMATS)}."
                           + did_you_mean(str(fmt), FORMATS))
-    out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"output directory {str(parent)!r} does not exist (for {str(out)!r}); "
-                          f"create it first (mkdir -p {parent}) or choose another path")
-    return out
+    return output_path(path, folder="compressed-tensors" if fmt == "compressed-tensors" else None)
 
 
 _AXES = {"batch": 0, "sequence": 1}

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from torchshrink.errors import ArtifactError, ConfigError, UnsupportedModelError
+from torchshrink.export.paths import output_path
 from torchshrink.quant.packing import pack, unpack
 from torchshrink.quant.weight_only import WeightOnlyLayer
 
@@ -254,13 +255,8 @@ def export_compressed_tensors(model: nn.Module, path: str | os.PathLike[str], *,
             f"format='compressed-tensors' writes a Hugging Face model folder, and {type(model).__name__} has no "
             "transformers config (model.config with a model_type); build the model with transformers "
             "(e.g. LlamaForCausalLM(LlamaConfig(...))) or export to format='onnx'")
-    out = Path(path)
+    out = output_path(path, folder="compressed-tensors")
     parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"output directory {str(parent)!r} does not exist (for {str(out)!r}); create it first "
-                          f"(mkdir -p {parent}) or choose another path")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{str(out)!r} is a file; format='compressed-tensors' writes a folder: pass a folder path")
     dtype = _float_dtype(model)
     with torch.no_grad():
         tensors, schemes, packed, dense, sparse, linears = _state(model, dtype)

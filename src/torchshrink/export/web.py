@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from torchshrink.errors import ConfigError
+from torchshrink.export.paths import output_path
 
 if TYPE_CHECKING:
     from torchshrink.export.api import ExportResult
@@ -248,12 +249,7 @@ def _manifest(onnx_path: Path, form: str, ort: OrtWeb) -> dict[str, Any]:
 
 
 def _check_dir(out: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"output directory {str(parent)!r} does not exist (for {str(out)!r}); "
-                          f"create it first (mkdir -p {parent}) or choose another path")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--format web writes a folder, but {str(out)!r} is a file; give a directory name")
+    output_path(out, folder="web")
     if out.is_dir() and any(out.iterdir()) and not _is_web_export(out):
         raise ConfigError(f"{str(out)!r} is not empty and holds no torchshrink web export (no {MANIFEST_FILE}); "
                           "choose a new or empty directory, so no file of yours is replaced")
