@@ -313,8 +313,9 @@ class _TokenLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, wq_t: torch.Tensor, ws: torch.Tensor,
                 bias: torch.Tensor | None) -> torch.Tensor:
-        amax = x.abs().amax(-1, keepdim=True)
-        s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        from torchshrink.quant.dynamic import per_token_scale  # the layer this twin exports
+
+        s = per_token_scale(x)
         q = torch.clamp(torch.round(x / s), -127, 127)
         y = (torch.matmul(q.double(), wq_t.double()) * (s.double() * ws.double())).to(torch.float32)
         return y + bias if bias is not None else y
