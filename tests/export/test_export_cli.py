@@ -40,6 +40,24 @@ def test_export_artifact_checks_on_its_data(artifact: str, tmp_path: Any, capsys
     assert abs(OrtRunner(out)((x,))[0] - want).max() <= 1e-5
 
 
+def test_export_starts_from_the_inference_form_and_keeps_codebooks_packed(tmp_path: Any, capsys: Any) -> None:
+    torch.manual_seed(0)
+    model = ts.cluster(ts.prune(models.create("lenet300", in_features=64), ts.MagnitudePruning(sparsity=0.9)),
+                       ts.KMeansSharing(bits=4))
+    path = f"{tmp_path}/dc.tsz"
+    ts.save(model, path, metadata={"data": "digits"})
+    sizes = {}
+    for form in ("inference", "training"):
+        out = f"{tmp_path}/{form}.onnx"
+        assert main(["export", path, "--out", out, "--form", form, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["from_form"] == form and report["parity"]["passed"]
+        sizes[form] = report["bytes"]
+    assert sizes["inference"] <= 1.01 * sizes["training"]
+    fp32 = 4 * sum(p.numel() for p in models.create("lenet300", in_features=64).parameters())
+    assert sizes["inference"] < fp32 / 4
+
+
 def test_export_pt2_from_suffix(artifact: str, tmp_path: Any, capsys: Any) -> None:
     out = f"{tmp_path}/lenet.pt2"
     assert main(["export", artifact, "--out", out]) == 0

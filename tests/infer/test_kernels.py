@@ -161,6 +161,10 @@ def test_copies_and_bad_inputs_of_a_bound_layer() -> None:
     x = torch.randn(2, 40)
     first = layer(x)  # binds the kernel's pointers
     twin = copy.deepcopy(layer)  # its own tensors: it must not compute with the original's
+    import pickle
+
+    pickled = pickle.loads(pickle.dumps(layer))  # worker processes receive models this way
+    assert pickled.cols.dtype == torch.uint16 and torch.equal(pickled(x), first)
     with torch.no_grad():
         layer.values.zero_()  # in place: same storage, so the bound layer sees it
     assert torch.equal(twin(x), first)

@@ -27,6 +27,7 @@ HELP = "write an ONNX, .pt2, LiteRT, ExecuTorch or Core ML file (or a web folder
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "pte": ".pte", "coreml": ".mlpackage"}
 # Formats that write a folder, not a file: --out names the directory.
 FOLDER_FORMATS = ("web",)
+FORMS = ("inference", "training")
 
 
 def target(name: str, data: str | None, batch: int) -> tuple[Any, Any, Any]:
@@ -82,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="example batch size used for tracing and the check (default 2 for onnx/pt2, whose "
                         "file keeps a dynamic batch; 1 for the edge formats, whose files keep this batch size)")
     p.add_argument("--opset", type=options.positive_int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--form", choices=FORMS, default="inference",
+                   help="export the inference form (default: the model as `ts.for_inference(prefer=\"memory\")` "
+                        "serves it, each layer in its most compact form, which the file keeps packed) or the "
+                        "training form as loaded")
     options.add_json(p)
     add_web_arguments(p)
 
@@ -119,12 +124,20 @@ def run(args: argparse.Namespace) -> int:
     # onnx, pt2 and web keep a dynamic batch; the edge formats' files keep the traced one
     batch = args.trace_batch or (2 if fmt in ("onnx", "pt2", "web") else 1)
     model, example, loader = target(args.target, args.data, batch)
+    if args.form == "inference":
+        from torchshrink.infer import for_inference
+
+        # The fewest bytes per layer: packed codes and codebooks export as packed codes and
+        # codebooks, so the file is as small as the training form's; the file's runtime picks
+        # its own kernels, so PyTorch's fastest form on this machine is not the export's concern.
+        model = for_inference(model, example=example, prefer="memory")
     result = export(model, args.out, example=example, format=fmt, check_data=loader,  # type: ignore[arg-type]
                     opset=args.opset, **web)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "from_form": args.form}, indent=2))
     else:
-        print(f"wrote {result.path} ({result.bytes:,} bytes, {result.format}, {result.form} form)"
+        print(f"wrote {result.path} ({result.bytes:,} bytes, {result.format}, {result.form} form, "
+              f"from the {args.form} form)"
               + (f"; serve it: python -m http.server --directory {result.path}" if fmt in FOLDER_FORMATS else ""))
         if result.swapped:
             print(f"  export forms: {len(result.swapped)} layers ({', '.join(sorted(set(result.swapped.values())))})")

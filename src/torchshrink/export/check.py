@@ -5,7 +5,8 @@ largest |output| of the reference); half-precision forms get ten units in the la
 their dtype instead, because PyTorch itself computes them in that precision. Quantized forms
 (integer activations) cannot match bit for bit, since the runtime's integer kernels round
 differently from PyTorch's, so they must agree on the top-1 class for >= 99% of the samples
-and, where labels are given, reach the same accuracy within 0.2 points.
+and, where labels are given, reach the same accuracy within 0.2 points (or one sample, where
+the check set is smaller than 500).
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ def compare(reference: nn.Module, runner: Runner, batches: Sequence[Batch], *, k
         if agreement is None:  # no class dimension: fall back to a loose numeric bound
             passed = rel <= 0.05
         if acc_r is not None and acc_e is not None:
-            passed = passed and abs(acc_r - acc_e) <= MAX_ACCURACY_DROP + 1e-9
+            # 0.2 points, or one sample where the check set is too small to resolve 0.2 points
+            # (of 256 samples one flipped image is 0.39 points)
+            passed = passed and abs(correct_ref - correct_exp) <= max(1.0, MAX_ACCURACY_DROP / 100 * labelled)
     return ParityReport(runtime=runtime, kind=kind, samples=sum(sizes), batch_sizes=tuple(sorted(set(sizes))),
                         max_abs_error=max_err, output_scale=scale, relative_error=rel, tolerance=tol,
                         top1_agreement=agreement, accuracy_reference=acc_r, accuracy_exported=acc_e,

@@ -183,13 +183,17 @@ class CodebookLayer(nn.Module):
 
     keeps_packed = True
 
-    def __init__(self, layer: nn.Module, weight: CodebookWeight) -> None:
+    def __init__(self, layer: nn.Module | None, weight: nn.Module, *, bias: torch.Tensor | None = None) -> None:
+        """layer: the Linear/Conv1d/Conv2d whose call (and bias) this computes; None for a
+        Linear given only its `bias` (a layer that no longer exists as an nn.Linear, such as
+        an inference form's compact CSR)."""
         super().__init__()
         self.w = weight
-        bias = getattr(layer, "bias", None)
+        if layer is not None:
+            bias = getattr(layer, "bias", None)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.kind = "linear" if isinstance(layer, nn.Linear) else ("conv1d" if isinstance(layer, nn.Conv1d)
-                                                                   else "conv2d")
+        self.kind = "linear" if layer is None or isinstance(layer, nn.Linear) else (
+            "conv1d" if isinstance(layer, nn.Conv1d) else "conv2d")
         if self.kind != "linear":
             assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
             self.stride, self.padding = layer.stride, layer.padding

@@ -35,8 +35,16 @@ class Prepared:
     swapped: dict[str, str]  # layer name -> export form, for the report
 
 
+def _model_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Parameters and buffers that say what precision the model computes in: not those of
+    modules whose half-precision tensors are a kernel's operand layout (`half_operands`, the
+    int4 kernel's bf16 scales), which export in float32 by their own rule."""
+    return [t for mod in model.modules() if not getattr(mod, "half_operands", False)
+            for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]]
+
+
 def is_half(model: nn.Module) -> torch.dtype | None:
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in _model_tensors(model):
         if t.dtype in _HALF:
             return t.dtype
     return None
@@ -54,8 +62,7 @@ def prepare(model: nn.Module, *, swap: bool = True, upcast: bool = True) -> Prep
     packed = _pack_codebooks(m) if swap else {}
     params.materialize(m)
     half = is_half(m)
-    all_half = half is not None and all(t.dtype in _HALF for t in [*m.parameters(), *m.buffers()]
-                                        if t.is_floating_point())
+    all_half = half is not None and all(t.dtype in _HALF for t in _model_tensors(m) if t.is_floating_point())
     if half is not None and upcast:
         m = m.float()
     quantized = False
@@ -108,7 +115,7 @@ def _pack_codebooks(model: nn.Module) -> dict[str, str]:
             continue
         cb = chain[-1]
         if isinstance(cb, ProductCodebook):
-            set_module(model, name, CodebookLayer(mod, ProductCodebookWeight(cb)).eval())  # type: ignore[arg-type]
+            set_module(model, name, CodebookLayer(mod, ProductCodebookWeight(cb)).eval())
             swapped[name] = "CodebookLayer (product)"
             continue
         table = torch.cat([cb.codebook.detach().float(), cb.codebook.detach().new_zeros(1)])

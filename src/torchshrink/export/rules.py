@@ -14,6 +14,9 @@ that is absent simply contributes no rules.
 | quant.ActQuantized (QAT)   | QuantizeLinear/DequantizeLinear on the input, then the layer      |
 | quant.CastLayer            | float16 initializers (see onnx.store_half), float32 compute       |
 | prune.SparseLinear         | a dense Linear (ONNX Runtime has no CSR matmul on CPU)           |
+| infer.CompactSparseLinear  | with a codebook: packed indices + table (Gather), as k-means     |
+|                            | layers export; with fp32 values: a dense Linear                  |
+| infer.Int4Linear           | the packed 4-bit stream + dequantize ops, as WeightOnly exports  |
 
 Masks, codebooks and fake-quant parametrizations need no rule: they are baked into plain
 weights before export (prepare.py). Physically smaller layers (ChannelPruning) and factor pairs
@@ -28,7 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchshrink.export.packed import PackedWeightConv, PackedWeightLinear
+from torchshrink.export.packed import (
+    CodebookLayer,
+    CodebookWeight,
+    PackedWeightConv,
+    PackedWeightLinear,
+)
 from torchshrink.export.qdq import (
     DynamicInt8Linear,
     QDQConv2d,
@@ -50,6 +58,7 @@ def load() -> None:
     _LOADED = True
     _quant_rules()
     _prune_rules()
+    _inference_form_rules()
 
 
 def _conv_like(op: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -161,10 +170,32 @@ def _prune_rules() -> None:
 
     @export_rule(SparseLinear, quantized=False)
     def _sparse(m: Any) -> nn.Module:
-        eff = m.ts_effective_weights()
-        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(eff["weight"])
-            if m.bias is not None:
-                lin.bias.copy_(m.bias.detach())
-        return lin
+        bias = None if m.bias is None else m.bias.detach()
+        return _conv_like({"kind": "linear", "in": m.in_features, "out": m.out_features},
+                          m.ts_effective_weights()["weight"], bias)
+
+
+def _inference_form_rules() -> None:
+    """`ts.for_inference` forms export as compactly as the training forms they came from: the
+    kernels they run exist only in this process, but their codes are the same codes."""
+    from torchshrink.infer.forms import CompactSparseLinear, Int4Linear
+    from torchshrink.quant.packing import pack
+
+    @export_rule(CompactSparseLinear, quantized=False)
+    def _compact(m: Any) -> nn.Module:
+        if m.codes is None:  # fp32 values: ONNX Runtime has no CSR matmul on CPU
+            return _conv_like({"kind": "linear", "in": m.in_features, "out": m.out_features}, m.dense_weight(), m.bias)
+        k = int(m.table.numel())
+        indices = torch.full((m.out_features, m.in_features), k, dtype=torch.int32)  # k: the zero slot
+        indices[m._rows(), m.cols.to(torch.int32).long()] = m.codes.to(torch.int32)
+        table = torch.cat([m.table.float(), m.table.new_zeros(1)])
+        return CodebookLayer(None, CodebookWeight(indices, table), bias=m.bias)
+
+    @export_rule(Int4Linear, quantized=False)
+    def _int4(m: Any) -> nn.Module:
+        codes, scale, zero = m.grid()  # weight = (codes - 8) * scale + zero per group
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        # PackedWeightLinear computes (code - z) * scale: z = 8 - zero / scale
+        return PackedWeightLinear(pack(codes.reshape(-1), 4), scale.reshape(-1), (8 - zero / safe).reshape(-1),
+                                  m.bias, bits=4, shape=(m.out_features, m.in_features), group=m.group_size,
+                                  col_scale=m.col_scale)

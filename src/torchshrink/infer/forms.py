@@ -104,7 +104,18 @@ class CompactSparseLinear(nn.Module):
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         state.pop("_bound_csr", None)  # pointers into this process's tensors: rebuilt on first call
+        # Plain pickle cannot load a uint16 tensor back (torch's legacy unpickler asks its
+        # untyped storage for a dtype): the columns travel as the same bytes viewed as int16.
+        buffers = dict(self._buffers)
+        buffers["cols"] = self.cols.view(torch.int16)
+        state["_buffers"] = buffers
         return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        cols = self._buffers["cols"]
+        if cols is not None and cols.dtype == torch.int16:
+            self._buffers["cols"] = cols.view(torch.uint16)
 
     def _untraced_dense_weight(self) -> torch.Tensor:
         """The dense weight as one constant of the traced graph: built under the tracer, its
@@ -163,6 +174,10 @@ class Int4Linear(nn.Module):
     """A 4-bit group-wise Linear in the layout of PyTorch's int4 CPU matmul kernel."""
 
     execution = "int4 kernel (aten._weight_int4pack_mm_for_cpu, bf16 activations)"
+    half_operands = True  # the bf16 scales are the kernel's layout, not the model's precision
+    # Set by quant.exact.exact_arithmetic: compute the decoded weight's float product instead of
+    # the kernel's bf16 one (the function an exported file, which computes in float, matches).
+    float_reference = False
     packed: torch.Tensor
     scales_zeros: torch.Tensor
     bias: torch.Tensor | None
@@ -178,20 +193,40 @@ class Int4Linear(nn.Module):
         self.register_buffer("col_scale", None if col_scale is None else col_scale.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_reference:
+            w = self.ts_effective_weights()
+            return nn.functional.linear(x, w["weight"].to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         x2 = x.reshape(-1, self.in_features)
         if self.col_scale is not None:
             x2 = x2 / self.col_scale
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), self.packed, self.group_size,
-                                                       self.scales_zeros).to(x.dtype)
+                                                       self._scales_zeros()).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _scales_zeros(self) -> torch.Tensor:
+        sz = self.scales_zeros  # bf16 as built; a module cast with .float() holds the same values in fp32
+        return sz if sz.dtype == torch.bfloat16 else sz.to(torch.bfloat16)
+
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes, scale, zero): int32 codes 0..15 of shape (out, in) and float32 (out, groups)
+        scale and zero, with weight = ((codes - 8) * scale + zero) / col_scale per group. The
+        packed layout is private to the kernel, so the codes are read back from what it computes
+        on the identity (bf16 output, exact after rounding: its error is under scale / 16)."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        sz = self._scales_zeros().float()
+        scale, zero = sz[..., 0].t().reshape(n, k // g), sz[..., 1].t().reshape(n, k // g)
+        eye = torch.eye(k, dtype=torch.bfloat16)
+        w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, g, self._scales_zeros()).float().t()
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero group: any code
+        codes = torch.round((w.reshape(n, k // g, g) - zero[..., None]) / safe[..., None]) + 8
+        return codes.clamp(0, 15).to(torch.int32).reshape(n, k), scale, zero
+
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:
-        # The kernel applied to the identity reads the weight back as it computes with it.
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
-        wt = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, self.scales_zeros)
-        w = wt.float().t()
+        codes, scale, zero = self.grid()
+        n, k, g = self.out_features, self.in_features, self.group_size
+        w = ((codes.reshape(n, k // g, g).float() - 8) * scale[..., None] + zero[..., None]).reshape(n, k)
         if self.col_scale is not None:
             w = w / self.col_scale
         out = {"weight": w}
