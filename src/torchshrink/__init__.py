@@ -73,12 +73,13 @@ from torchshrink.quant import (  # noqa: E402
     Cast,
     DynamicInt8,
     MixedPrecision,
+    SmoothQuant,
     StaticInt8,
     WeightOnly,
     quant_diagnostics,
 )
 
-__all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "StaticInt8", "WeightOnly", "quant",
+__all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "SmoothQuant", "StaticInt8", "WeightOnly", "quant",
             "quant_diagnostics"]
 # --- weight sharing, entropy coders, recipes ---
 from torchshrink.cluster import KMeansSharing, ProductQuantization  # noqa: E402

@@ -60,13 +60,14 @@ def input_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class InputStats:
     """Per-input-column statistics of a layer's input over calibration data: row count, sum of
-    |x|, sum of x^2, nonzero count and (with `want_hessian`) X^T X."""
+    |x|, max |x|, sum of x^2, nonzero count and (with `want_hessian`) X^T X."""
 
     def __init__(self, module: nn.Module, want_hessian: bool) -> None:
         self.module = module
         self.want_hessian = want_hessian
         self.rows = 0
         self.abs_sum: torch.Tensor | None = None
+        self.abs_max: torch.Tensor | None = None
         self.sq_sum: torch.Tensor | None = None
         self.nonzero: torch.Tensor | None = None
         self.hessian: torch.Tensor | None = None
@@ -79,11 +80,15 @@ class InputStats:
         if self.abs_sum is None:
             n = rows.shape[1]
             self.abs_sum = rows.new_zeros(n)
+            self.abs_max = rows.new_zeros(n)
             self.sq_sum = rows.new_zeros(n)
             self.nonzero = rows.new_zeros(n)
             if self.want_hessian:
                 self.hessian = rows.new_zeros(n, n)
-        self.abs_sum += rows.abs().sum(0)
+        a = rows.abs()
+        self.abs_sum += a.sum(0)
+        if rows.shape[0]:
+            torch.maximum(self.abs_max, a.amax(0), out=self.abs_max)  # type: ignore[arg-type]
         self.sq_sum += rows.pow(2).sum(0)  # type: ignore[operator]
         self.nonzero += (rows != 0).float().sum(0)  # type: ignore[operator]
         if self.hessian is not None:

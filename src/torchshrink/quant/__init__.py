@@ -1,5 +1,5 @@
 """Quantization: fake quant with STE, observers, static/dynamic int8 PTQ, bit-packed
-weight-only int2..int8, casts, QAT, mixed precision and per-layer diagnostics."""
+weight-only int2..int8, SmoothQuant W8A8, casts, QAT, mixed precision and per-layer diagnostics."""
 
 from torchshrink.quant.cast import Cast, CastLayer
 from torchshrink.quant.diagnostics import QuantDiagnostics, quant_diagnostics
@@ -10,6 +10,7 @@ from torchshrink.quant.mixed import MixedPrecision
 from torchshrink.quant.observers import calibrate, make_observer
 from torchshrink.quant.packing import pack, unpack
 from torchshrink.quant.qat import QAT, ActQuantized
+from torchshrink.quant.smoothquant import SmoothQuant
 from torchshrink.quant.static import StaticInt8, StaticInt8Layer
 from torchshrink.quant.weight_only import WeightOnly, WeightOnlyLayer
 
@@ -23,6 +24,7 @@ __all__ = [
     "MixedPrecision",
     "QAT",
     "QuantDiagnostics",
+    "SmoothQuant",
     "StaticInt8",
     "StaticInt8Layer",
     "WeightOnly",
