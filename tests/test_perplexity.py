@@ -30,6 +30,8 @@ def test_uniform_model_has_vocabulary_perplexity_and_windows_do_not_overlap() ->
     r = ts.evaluate_lm(_Uniform(), "abcdefghij" * 20, seq_len=16)
     assert r["perplexity"] == pytest.approx(256.0, rel=1e-5)
     assert r["windows"] == len(range(0, 200 - 16, 16)) and r["tokens"] == 16 * r["windows"]
+    # a one-line text longer than a file name may be is text, not a path to look up
+    assert ts.evaluate_lm(_Uniform(), "hello world " * 300, seq_len=16)["tokens"] > 0
 
 
 def test_matches_a_hand_computed_loss_on_gpt_tiny_and_reads_files(tmp_path: Path) -> None:

@@ -36,11 +36,18 @@ def _context_length(model: nn.Module) -> int | None:
     return None
 
 
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # a one-line text longer than a file name can be ("File name too long")
+        return False
+
+
 def _ids(text_or_path: str | os.PathLike[str] | None, tokenizer: Callable[[str], Sequence[int]] | None,
          max_bytes: int | None) -> torch.Tensor:
     if text_or_path is None or isinstance(text_or_path, os.PathLike) or (
             isinstance(text_or_path, str) and "\n" not in text_or_path and len(text_or_path) < 4096
-            and Path(text_or_path).exists()):
+            and _is_file(text_or_path)):
         data = read_corpus(text_or_path, max_bytes=max_bytes)
     else:
         data = str(text_or_path).encode()[:max_bytes] if max_bytes else str(text_or_path).encode()
