@@ -18,6 +18,9 @@ torch==2.13.0 in constraints.txt). A peer whose interpreter is not given is reco
    (VmHWM of the child, which includes the interpreter and imports: the imports-only
    baseline of each environment is reported beside it).
 
+With --scale L,H,I,V: GPTQ int4 g128 on a random Llama of that size in each library instead,
+its time and peak memory against 1.5 x the fp32 weights + 1 GiB (bench/results/llm_peers_scale.json).
+
 Writes bench/results/llm_peers.json and prints a table.
 """
 
@@ -135,9 +138,11 @@ def child(args: argparse.Namespace) -> None:
     model = quantize(args.folder, data["calib"], args.algo, args.bits, args.group or None, args.act_order)
     secs = time.perf_counter() - t
     peak = _rss_mib()
-    ppl = ts.evaluate_lm(model, data["text"], tokenizer=lambda s: list(s.encode("latin-1")))["perplexity"]
-    print("RESULT " + json.dumps({"seconds": secs, "peak_rss_mib": peak, "rss_after_imports_mib": base_rss,
-                                  "perplexity": float(ppl)}))
+    out = {"seconds": secs, "peak_rss_mib": peak, "rss_after_imports_mib": base_rss}
+    if data["text"] is not None:
+        out["perplexity"] = float(ts.evaluate_lm(model, data["text"],
+                                                 tokenizer=lambda s: list(s.encode("latin-1")))["perplexity"])
+    print("RESULT " + json.dumps(out))
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -175,6 +180,27 @@ def prepare_model(folder: Path, quick: bool, threads: int) -> dict[str, Any]:
             "evaluation": "ts.evaluate_lm strided windows over 40,000 bytes of the validation split"}
 
 
+def prepare_scale(folder: Path, layers: int, hidden: int, inter: int, vocab: int) -> dict[str, Any]:
+    """A random Llama of the given size saved with save_pretrained, and 8 calibration batches of
+    1 x 256 random tokens: memory and time do not depend on training."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                                   num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
+                                   vocab_size=vocab, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randint(0, vocab, (1, 256), generator=g) for _ in range(8)]
+    torch.save({"calib": calib, "text": None}, folder / "bench_data.pt")
+    params = sum(p.numel() for p in model.parameters())
+    return {"config": f"LlamaForCausalLM(hidden {hidden}, intermediate {inter}, {layers} layers, vocab {vocab}), "
+                      "random weights", "params": params, "fp32_weight_mib": 4 * params / 2**20,
+            "calibration": "8 batches of 1 x 256 random tokens (seed 1)"}
+
+
 def run_child(python: str, which: str, folder: Path, algo: str, bits: int, group: int | None, act_order: bool,
               threads: int) -> dict[str, Any]:
     cmd = [python, __file__, "--child", which, "--folder", str(folder), "--algo", algo, "--bits", str(bits),
@@ -196,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llmc-python", default=None, help="interpreter of a venv with llmcompressor")
     p.add_argument("--inc-python", default=None, help="interpreter of a venv with neural-compressor[pt]")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--scale", default=None, metavar="LAYERS,HIDDEN,INTER,VOCAB",
+                   help="instead of the quality table: GPTQ int4 g128 time and peak memory of each library on a "
+                        "random Llama of this size (e.g. 12,768,2048,32000 for ~134M parameters)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     p.add_argument("--algo", default="GPTQ", help=argparse.SUPPRESS)
@@ -207,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     pythons = {"ours": sys.executable, "llmcompressor": args.llmc_python, "inc": args.inc_python}
+    if args.scale:
+        return scale_main(args, pythons)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,6 +277,41 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else "-",
                   f"{r['rss_after_imports_mib']:.0f}" if "rss_after_imports_mib" in r else "-"] for r in rows]))
     print(f"fp32 perplexity {fp32:.4f}; wrote {args.out} in {result['meta']['seconds']:.0f} s")
+    return 0
+
+
+def scale_main(args: argparse.Namespace, pythons: dict[str, str | None]) -> int:
+    from _common import table
+
+    layers, hidden, inter, vocab = (int(v) for v in args.scale.split(","))
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        meta = prepare_scale(folder, layers, hidden, inter, vocab)
+        print(f"{meta['config']}: {meta['params']:,} params ({meta['fp32_weight_mib']:.0f} MiB fp32)", flush=True)
+        for which in ("ours", "llmcompressor", "inc"):
+            row: dict[str, Any] = {"library": which, "quantizer": "GPTQ int4 g128"}
+            py = pythons[which]
+            row.update(run_child(py, which, folder, "GPTQ", 4, 128, False, args.threads) if py else
+                       {"error": "not run: no interpreter given (--llmc-python / --inc-python)"})
+            rows.append(row)
+            print(f"  {which}: {row}", flush=True)
+    bar = 1.5 * meta["fp32_weight_mib"] + 1024
+    out = args.out.with_name(args.out.stem + "_scale.json") if args.out == RESULTS else args.out
+    result = {"meta": {**meta, "threads": args.threads, "seconds": time.perf_counter() - t0,
+                       "loadavg_end": os.getloadavg(), "bar_mib": bar,
+                       "protocol": "each library in a fresh child process; peak = VmHWM of the child (model load, "
+                                   "imports and quantization included); seconds = load + quantize"},
+              "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(table(["library", "seconds", "peak RSS MiB", "after imports MiB", "bar MiB"],
+                [[r["library"], f"{r['seconds']:.0f}" if "seconds" in r else r.get("error", "")[:60],
+                  f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else "-",
+                  f"{r['rss_after_imports_mib']:.0f}" if "rss_after_imports_mib" in r else "-", f"{bar:.0f}"]
+                 for r in rows]))
+    print(f"wrote {out}")
     return 0
 
 
