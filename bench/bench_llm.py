@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import torchshrink as ts
-from _common import table
+from _common import table, trained_gpt_tiny
 
 RESULTS = Path(__file__).resolve().parent / "results" / "llm.json"
 
@@ -148,18 +148,7 @@ def export_ct() -> dict[str, Any]:
 
 
 def awq_fold(quick: bool) -> dict[str, Any]:
-    from torch.utils.data import DataLoader
-
-    from torchshrink.models.gpt import GPTConfig, GPTTiny
-
-    splits = ts.data.load_text(max_bytes=120_000, block_size=64)
-    train = DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    base = GPTTiny(GPTConfig(n_layer=2, n_embd=64, n_head=4, block_size=64))
-    ts.fit(base, train, max_steps=60 if quick else 300, lr=3e-3, warmup_steps=30, progress=False, seed=0)
-    base.eval()
-    calib = [splits.train[i * 16:(i + 1) * 16][0] for i in range(8)]
-    text = bytes(splits.val.tensors[0].reshape(-1)[:20_000].tolist()).decode("latin-1")
+    base, calib, _, text = trained_gpt_tiny(quick)
 
     def ppl(m: nn.Module) -> float:
         return float(ts.evaluate_lm(m, text, tokenizer=lambda s: list(s.encode("latin-1")))["perplexity"])
