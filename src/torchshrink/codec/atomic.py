@@ -15,6 +15,7 @@ from torchshrink.errors import ArtifactError
 __all__ = ["atomic_file", "atomic_write"]
 
 
+
 def _umask() -> int:
     # The only portable way to read the umask is to set it; set it straight back.
     mask = os.umask(0o022)

@@ -10,7 +10,7 @@ value range, a strided sample's distinct values, a histogram), and the writer ru
 only dense (the fallback) and the one encoding whose estimate is smallest, when it beats dense
 by more than 1%. The estimates are the encodings' own cost models:
 
-    ans            order-0 entropy of the symbols + frequency table
+    ans            the coded bits under 16-bit quantized frequencies + table + lane states
     huffman        the Huffman code lengths of the histogram (exact) + code-length table
     sparse_ans     binary entropy of background vs. not + entropy of the other values
     sparse_fixed   as sparse_ans, plus 10% (fixed-width gaps and Huffman-coded values)
@@ -28,14 +28,14 @@ import math
 import numpy as np
 import torch
 
-from torchshrink.codec import huffman
+from torchshrink.codec import ans, huffman
 from torchshrink.codec.ans import entropy_bits
 from torchshrink.codec.encodings import Encoding
 
 __all__ = ["SCREEN_MIN", "estimates", "screened"]
 
 SCREEN_MIN = 1 << 18  # raw bytes; smaller tensors try every encoding (small files stay as they were)
-_SAMPLE = 1 << 16
+_SAMPLE = 1 << 13  # > 4096, so a sample with more distinct values proves the whole has more
 _MAX_ALPHABET = 4096  # entropy_encodings.MAX_ALPHABET (not imported: that module registers coders)
 _WIN = 0.99  # an estimate must beat dense by 1% for its coder to run
 _TWIN = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -51,10 +51,9 @@ def _hb(p: float) -> float:
     return 0.0 if p <= 0.0 or p >= 1.0 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def _histogram(v: np.ndarray) -> np.ndarray | None:
-    """Counts of the distinct bit patterns, or None when the symbol coders would refuse
-    the tensor (more than 4096 distinct values, or more than a quarter of its elements)."""
-    lo, hi = int(v.min()), int(v.max())
+def _histogram(v: np.ndarray, lo: int, hi: int) -> np.ndarray | None:
+    """Counts of the distinct bit patterns (between lo and hi), or None when the symbol coders
+    would refuse the tensor (more than 4096 distinct values, or more than a quarter of its elements)."""
     if hi - lo < _MAX_ALPHABET:
         return np.bincount((v.astype(np.int64) - lo), minlength=hi - lo + 1)
     step = max(1, v.size // _SAMPLE)
@@ -64,6 +63,17 @@ def _histogram(v: np.ndarray) -> np.ndarray | None:
     if counts.size > _MAX_ALPHABET or counts.size * 4 > v.size:
         return None
     return counts
+
+
+def _ans_bytes(counts: np.ndarray) -> float:
+    """rANS at 16-bit precision, as `entropy_encodings._write_ans` codes it: the coded bits under
+    the quantized frequencies, the varint table, and 4 bytes of final state per lane (the
+    writer may pick a lower precision, which only makes it smaller)."""
+    f = ans.quantize_freqs(counts, ans.PREC)
+    nz = counts > 0
+    bits = float((counts[nz] * (ans.PREC - np.log2(f[nz]))).sum())
+    table = float(np.where(f < 128, 1, np.where(f < 16384, 2, 3)).sum())
+    return bits / 8 + table + 4 * ans.lanes_for(int(counts.sum()), bits) + 16
 
 
 def estimates(tensor: torch.Tensor) -> dict[str, float]:
@@ -77,17 +87,17 @@ def estimates(tensor: torch.Tensor) -> dict[str, float]:
     nonzero = int(np.count_nonzero(v))
     if nonzero == 0:
         return {**out, "zeros": 0.0}
-    if bool((v == v[0]).all()):
+    lo, hi = int(v.min()), int(v.max())
+    if lo == hi:
         return {**out, "const": 0.0}
     if tensor.dtype == torch.bool:
         out["bits"] = math.ceil(n / 8)
     if nonzero <= n // 2:
         out["sparse_raw"] = n * _hb(nonzero / n) / 8 + nonzero * tensor.element_size()
-    counts = _histogram(v)
+    counts = _histogram(v, lo, hi)
     if counts is not None:
-        used = counts[counts > 0]
         a = counts.size
-        out["ans"] = entropy_bits(used) / 8 * 1.004 + 1.5 * a + 64
+        out["ans"] = _ans_bytes(counts)
         lengths = huffman.code_lengths(counts)
         out["huffman"] = float((counts * lengths).sum()) / 8 + a / 2 + 64
         bg = int(counts.max())

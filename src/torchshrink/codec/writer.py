@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from torchshrink.codec.encodings import varint
@@ -53,6 +54,7 @@ class FileSink:
         self.data_len = 0
         self.small: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 (closed in finish)
         self.rows = 0
+        self._crc = ThreadPoolExecutor(1, thread_name_prefix="torchshrink-crc")
 
     def begin(self, tensors: list[tuple[str, list[int], int]]) -> None:
         big = [(k, s, raw) for k, s, raw in tensors if raw >= ENTRY_MIN and k not in _RESERVED]
@@ -64,10 +66,12 @@ class FileSink:
         if nbytes >= ENTRY_MIN and key in self.candidates:
             if not self.entries:
                 self.f.seek(8 + self.reserve)
+            # zlib and the file write both release the GIL: the checksum runs beside the write.
+            crc = self._crc.submit(zlib.crc32, payload)
             self.f.write(payload)
             dtype, eshape = (safetensors_dtype(code), shape) if enc == "dense" else ("U8", [nbytes])
             spec = {"dtype": dtype, "shape": eshape, "data_offsets": [self.data_len, self.data_len + nbytes]}
-            self.entries.append((self.rows, key, spec, zlib.crc32(payload) & 0xFFFFFFFF))
+            self.entries.append((self.rows, key, spec, crc.result() & 0xFFFFFFFF))
             self.data_len += nbytes
         else:
             self.small.write(payload)
@@ -116,3 +120,4 @@ class FileSink:
             return 8 + self.reserve + self.data_len + blob_len
         finally:
             self.small.close()
+            self._crc.shutdown()
