@@ -21,6 +21,7 @@ One run, one machine, one model built from a config (no download, seed 0):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -147,12 +148,12 @@ def main() -> None:
     rows: dict[str, Any] = {}
     st_times = _timed(lambda: save_file(state, str(st_path)), args.repeats)
     st_sync = _timed(lambda: _save_fsync(state, st_path), args.repeats)
-    fp32_times = _timed(lambda: ts.save(model, fp32_path), args.repeats)
+    fp32_times = _timed(functools.partial(ts.save, model, fp32_path), args.repeats)
     st_digest = _digest(state)  # before quantizing, which may reuse the float weights' storage
     t0 = time.perf_counter()
     q = ts.quantize(model, ts.WeightOnly(bits=4, group_size=128), progress=False)  # edits model in place
     quantize_s = time.perf_counter() - t0
-    int4_times = _timed(lambda: ts.save(q, int4_path), max(1, args.repeats - 1))
+    int4_times = _timed(functools.partial(ts.save, q, int4_path), max(1, args.repeats - 1))
     int4_digest = _digest(q.state_dict())
     info = {name: ts.read_info(p) for name, p in (("fp32", fp32_path), ("int4", int4_path))}
     with safe_open(str(fp32_path), "pt") as f:

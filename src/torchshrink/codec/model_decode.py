@@ -50,7 +50,7 @@ def _copy_like(like: nn.Module, meta: bool) -> nn.Module:
 def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str, meta: bool,
               inplace: bool, light: bool) -> nn.Module:
     if isinstance(like, nn.Module):
-        return like if inplace else _copy_like(like, meta)
+        return like if inplace else _copy_like(like, meta or light)
     name = like if isinstance(like, str) else manifest.get("m")
     build: Callable[[], nn.Module]
     if name is None and like is None and "hf" in manifest:
@@ -154,7 +154,8 @@ def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *,
            inplace: bool, light: bool = False) -> nn.Module:
     """The skeleton with the recorded structure and parametrizations: on the meta device
     (meta), or real with its parameters on the meta device (light: every one of them is about
-    to be assigned from the file), or real."""
+    to be assigned from the file; a like= module is then copied to the meta device, its
+    buffers filled in after loading by `_fill_buffers`), or real."""
     model = _skeleton(like, manifest, path, meta, inplace, light)
 
     def rest() -> nn.Module:
@@ -255,26 +256,39 @@ def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> No
         raise ArtifactError(f"{path!r} does not load into {type(model).__name__}: {e}") from e
 
 
+def _fill_buffers(model: nn.Module, like: nn.Module) -> None:
+    """Copy into `model` the buffers the file does not hold (non-persistent ones) from `like`,
+    whose meta copy `model` was built from: what a deep copy of `like` would have had."""
+    source = dict(like.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        src = source.get(name)
+        if buf.is_meta and src is not None and src.shape == buf.shape and src.dtype == buf.dtype:
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = src.detach().clone()
+
+
 def _has_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
 def decode_model(manifest: dict[str, Any], records: list[TensorRecord], source: MappedArtifact, path: str,
                  like: nn.Module | str | None, *, inplace: bool = False) -> nn.Module:
-    """The model, its tensors decoded one at a time from `source`. A skeleton built here (not
-    like= a module) gets its parameters on the meta device, so memory holds only the decoded
-    tensors; should one stay unassigned (a module that hides a parameter from its state_dict),
-    the skeleton is built again for real."""
+    """The model, its tensors decoded one at a time from `source`. Unless in place, the skeleton
+    gets its parameters on the meta device, so memory holds only the decoded tensors; should
+    one stay unassigned (a module that hides a parameter from its state_dict), the skeleton
+    is built again for real."""
     aliases = _aliases(manifest, {r.key for r in records}, path)
     if not inplace:
         # A module that refuses deepcopy cannot be copied to the meta device either; in place,
         # the check runs after the real rebuild (still before any tensor is decoded).
         _check_against(_build(like, manifest, path, meta=True, inplace=False), records, aliases, manifest, path)
-    light = not inplace and not isinstance(like, nn.Module)
+    light = not inplace
     model = _build(like, manifest, path, meta=False, inplace=inplace, light=light)
     _check_against(model, records, aliases, manifest, path)
     decoded = _decode_tensors(records, source, path)
     _assign(model, _tensors_for(model, decoded, aliases), path)
+    if light and isinstance(like, nn.Module):
+        _fill_buffers(model, like)
     if light and _has_meta(model):
         model = _build(like, manifest, path, meta=False, inplace=False)
         _assign(model, _tensors_for(model, decoded, aliases), path)
