@@ -108,7 +108,9 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[st
 
 
 def read_info(path: str | os.PathLike[str]) -> ArtifactInfo:
-    """The manifest and tensor table of an artifact (checksums verified)."""
+    """The manifest and tensor table of an artifact, without decoding a tensor. Checksums
+    verified: the blob's (manifest and small tensors; the whole file before format 3), not
+    those of format 3's own entries, which `load` checks as it reads each one."""
     with MappedArtifact(path) as art:
         p, size, recs, manifest = art.path, art.size, *_records(art, None)
     name, kwargs, root, history, meta = (manifest.get(k) for k in ("m", "mk", "r", "h", "u"))
@@ -136,6 +138,10 @@ def load(path: str | os.PathLike[str], like: nn.Module | str | None = None, *, i
         `like` is then edited and returned.
     Returns the model on the CPU in eval mode. Raises ArtifactError on anything truncated,
     corrupted, foreign, hostile, from a newer format, or not matching `like`.
+
+    The file is memory-mapped and decoded one tensor at a time into a skeleton whose
+    parameters are on the meta device until assigned: peak memory is about the loaded model
+    plus one tensor's stream and decode work (a 536 MB fp32 file: 644 MB), never model plus file.
     """
     with MappedArtifact(path) as art:
         recs, manifest = _records(art, like, inplace)

@@ -81,8 +81,9 @@ from torchshrink.codec.entries import Entry, entry_record, own_entries, safetens
 from torchshrink.errors import ArtifactError
 
 __all__ = ["ENTRY_MIN", "FORMAT_PACKED", "FORMAT_VERSION", "MAX_DEPTH", "ArtifactInfo", "Located", "TensorRecord",
-           "atomic_file", "atomic_write", "deflate_manifest", "dumps", "layout_crc", "explicit_rows", "implicit", "pack", "pack_text", "locate", "parse", "parse_blob", "read_bytes",
-           "records", "safetensors_dtype", "version"]
+           "atomic_file", "atomic_write", "deflate_manifest", "dumps", "layout_crc", "explicit_rows", "implicit",
+           "locate", "pack", "pack_text", "parse", "parse_blob", "read_bytes", "records", "safetensors_dtype",
+           "version"]
 
 FORMAT_VERSION = 3  # the newest format this module reads and writes
 FORMAT_PACKED = 2  # what a file without entries of its own is written as (every tensor in the blob)
@@ -175,7 +176,8 @@ class TensorRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactInfo:
-    """What an artifact holds, without building the model."""
+    """What an artifact holds, without building the model. payload_bytes: the tensors'
+    streams; header_bytes: everything else (safetensors header, checksums, manifest)."""
 
     path: str
     file_bytes: int
