@@ -25,7 +25,7 @@ from torchshrink.errors import ArtifactError
 from torchshrink.nn.history import set_history
 from torchshrink.nn.meta import (
     build_on_meta,
-    build_with_parameters_on_meta,
+    build_with_state_on_meta,
     meta_copy,
     state_shapes,
 )
@@ -68,7 +68,7 @@ def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str,
         kwargs = (manifest.get("mk") or {}) if like is None or like == manifest.get("m") else {}
         build = lambda: references.build_reference(name, kwargs)  # noqa: E731
     try:
-        return build_on_meta(build) if meta else build_with_parameters_on_meta(build) if light else build()
+        return build_on_meta(build) if meta else build_with_state_on_meta(build) if light else build()
     except ArtifactError as e:
         raise ArtifactError(f"{path!r}: {e}") from e
 
@@ -153,8 +153,8 @@ def _reattach(model: nn.Module, manifest: dict[str, Any], path: str) -> None:
 def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *, meta: bool,
            inplace: bool, light: bool = False) -> nn.Module:
     """The skeleton with the recorded structure and parametrizations: on the meta device
-    (meta), or real with its parameters on the meta device (light: every one of them is about
-    to be assigned from the file; a like= module is then copied to the meta device, its
+    (meta), or real with its parameters and persistent buffers on the meta device (light: all
+    of them are about to be assigned from the file; a like= module is then copied to the meta device, its
     buffers filled in after loading by `_fill_buffers`), or real."""
     model = _skeleton(like, manifest, path, meta, inplace, light)
 
@@ -167,7 +167,7 @@ def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *,
         _reattach(out, manifest, path)
         return out
 
-    return build_on_meta(rest) if meta else build_with_parameters_on_meta(rest) if light else rest()
+    return build_on_meta(rest) if meta else build_with_state_on_meta(rest) if light else rest()
 
 
 def _aliases(manifest: dict[str, Any], stored: set[str], path: str) -> dict[str, str]:
@@ -274,9 +274,9 @@ def _has_meta(model: nn.Module) -> bool:
 def decode_model(manifest: dict[str, Any], records: list[TensorRecord], source: MappedArtifact, path: str,
                  like: nn.Module | str | None, *, inplace: bool = False) -> nn.Module:
     """The model, its tensors decoded one at a time from `source`. Unless in place, the skeleton
-    gets its parameters on the meta device, so memory holds only the decoded tensors; should
-    one stay unassigned (a module that hides a parameter from its state_dict), the skeleton
-    is built again for real."""
+    gets its parameters and persistent buffers on the meta device, so memory holds only the
+    decoded tensors; should one stay unassigned (a module that hides a tensor from its
+    state_dict), the skeleton is built again for real."""
     aliases = _aliases(manifest, {r.key for r in records}, path)
     if not inplace:
         # A module that refuses deepcopy cannot be copied to the meta device either; in place,
