@@ -192,7 +192,7 @@ def main() -> None:
                             "/proc/self/clear_refs); bound 1.2 x file + largest tensor"},
         "safetensors_save_fsync_s": st_sync, "safetensors_save_fsync_median_s": statistics.median(st_sync),
         "int4_quantize_s": quantize_s,
-        "entries": {"fp32": {"count": len(fp32_keys) - 1, "blob_bytes": info["fp32"].file_bytes - sum(
+        "entries": {"fp32": {"count": len(fp32_keys) - 1, "non_entry_bytes": info["fp32"].file_bytes - sum(
                         r.nbytes for r in info["fp32"].tensors if r.crc is not None)},
                     "int4": {"count": len(int4_keys) - 1, "stored_tensors": len(info["int4"].tensors)},
                     "int4_encodings": info["int4"].encoding_bytes()},
