@@ -141,7 +141,7 @@ def load(path: str | os.PathLike[str], like: nn.Module | str | None = None, *, i
 
     The file is memory-mapped and decoded one tensor at a time into a skeleton whose
     parameters are on the meta device until assigned: peak memory is about the loaded model
-    plus one tensor's stream and decode work (a 536 MB fp32 file: 644 MB), never model plus file.
+    plus one tensor's stream and decode work (a 536 MB fp32 file: 645 MB), never model plus file.
     """
     with MappedArtifact(path) as art:
         recs, manifest = _records(art, like, inplace)
