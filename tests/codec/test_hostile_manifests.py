@@ -27,12 +27,21 @@ MEMORY_BOUND = 200 * 2**20
 
 
 def _split(data: bytes, *, explicit: bool = True) -> tuple[None, dict[str, Any], bytes]:
-    """(unused, manifest, payload) of a file; explicit: with the tensor table spelled out
-    (names, shapes, dtypes), as files of models without a registered skeleton store it."""
-    manifest, body, _ = fileformat.parse(data, "f")
-    if explicit and fileformat.implicit(manifest):
-        manifest = fileformat.explicit_rows(manifest, model_decode.layout(manifest, "f", None), "f")
-        del manifest["K"]
+    """(unused, manifest, payload) of a file, as format 2 (a format 3 file's entries inlined
+    into the payload, in table order); explicit: with the tensor table spelled out (names,
+    shapes, dtypes), as files of models without a registered skeleton store it."""
+    found = fileformat.locate(memoryview(data), "f")
+    manifest = found.manifest
+    spelled = manifest
+    if fileformat.implicit(manifest):
+        spelled = fileformat.explicit_rows(manifest, model_decode.layout(manifest, "f", None), "f")
+        if explicit:
+            manifest = {k: v for k, v in spelled.items() if k != "K"}
+    recs = fileformat.records(spelled, found.payload_len, "f", payload_start=found.payload_start,
+                              entries=found.entries)
+    body = b"".join(data[r.start : r.start + r.nbytes] for r in recs)
+    manifest = {k: v for k, v in manifest.items() if k != "E"}
+    manifest["f"] = min(manifest["f"], 2)
     return None, manifest, body
 
 
@@ -246,4 +255,5 @@ def test_format_1_files_still_load(tmp_path: Path) -> None:
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(back(x), m(x))
     assert ts.read_info(old).format_version == 1
-    assert ts.read_info(path).format_version == fileformat.FORMAT_VERSION == 2
+    # A file whose tensors all code below ENTRY_MIN is still format 2 (format 3 adds entries).
+    assert ts.read_info(path).format_version == fileformat.FORMAT_PACKED == 2

@@ -4,7 +4,9 @@ The artifact writer (`codec/container.py`) stores every tensor of a model's stat
 one *encoding*. For each tensor it asks every registered encoding for a candidate, decodes
 each candidate again, keeps only the bit-exact ones and writes the smallest (payload bytes
 plus the bytes of its JSON meta). So a new encoding only has to be correct where it claims
-to apply; it never has to decide whether it is the best choice.
+to apply; it never has to decide whether it is the best choice. (On tensors of 256 KiB or
+more, `codec/screen.py` first drops the built-in encodings its cost estimates say cannot win;
+encodings registered by other packages are always tried.)
 
 Writing an encoding
 -------------------

@@ -164,16 +164,23 @@ def read_alphabet(r: Reader, dtype: torch.dtype) -> tuple[np.ndarray | int, int]
     raise ValueError(f"unknown alphabet mode {mode}")
 
 
+_SLICE = 1 << 20  # symbols mapped back at a time, so no tensor-sized int64 array is made
+
+
 def desymbolize(symbols: np.ndarray, alphabet: np.ndarray | int, shape: tuple[int, ...],
                 dtype: torch.dtype) -> torch.Tensor:
     size = torch.empty((), dtype=dtype).element_size()
     twin, np_twin = _TWIN[size]
-    vals = symbols + alphabet if isinstance(alphabet, int) else alphabet[symbols]
     info = np.iinfo(np_twin)
-    if vals.size and (int(vals.min()) < info.min or int(vals.max()) > info.max):
-        # 1-byte tensors go through uint8; anything else out of range is corruption.
-        raise ValueError("decoded values do not fit the dtype")
-    out = torch.from_numpy(vals.astype(np_twin)).view(twin)
+    result = np.empty(symbols.size, dtype=np_twin)
+    for i in range(0, symbols.size, _SLICE):
+        s = symbols[i : i + _SLICE].astype(np.int64)
+        vals = s + alphabet if isinstance(alphabet, int) else alphabet[s]
+        if vals.size and (int(vals.min()) < info.min or int(vals.max()) > info.max):
+            # 1-byte tensors go through uint8; anything else out of range is corruption.
+            raise ValueError("decoded values do not fit the dtype")
+        result[i : i + _SLICE] = vals
+    out = torch.from_numpy(result).view(twin)
     if dtype != twin:
         out = out.view(dtype)
     return out.reshape(shape)
@@ -229,14 +236,14 @@ def _write_ans(w: Writer, symbols: np.ndarray, a: int) -> None:
     w.block(ans.encode(symbols, f << (ans.PREC - p)))
 
 
-def _read_ans(r: Reader, a: int, n: int) -> np.ndarray:
+def _read_ans(r: Reader, a: int, n: int, compact: bool = False) -> np.ndarray:
     p = r.raw(1)[0]
     if not 1 <= p <= ans.PREC:
         raise ValueError("bad ANS table precision")
     f = r.varints(a, 1 << p)
     if int(f.sum()) != 1 << p:
         raise ValueError("bad ANS frequency table")
-    return ans.decode(r.block(), f << (ans.PREC - p), n)
+    return ans.decode(r.block(), f << (ans.PREC - p), n, compact=compact)
 
 
 def _write_huffman(w: Writer, symbols: np.ndarray, a: int) -> None:
@@ -247,7 +254,7 @@ def _write_huffman(w: Writer, symbols: np.ndarray, a: int) -> None:
     w.block(stream)
 
 
-def _read_huffman(r: Reader, a: int, n: int) -> np.ndarray:
+def _read_huffman(r: Reader, a: int, n: int, compact: bool = False) -> np.ndarray:
     lengths = sparse.unpack_bits(r.raw((4 * a + 7) // 8), 4, a)
     chunks = huffman.chunks_for(n)
     chunk_bits = r.varints(chunks - 1, 1 << 40).tolist()
@@ -264,7 +271,7 @@ class _DenseEncoding:
         raise NotImplementedError
 
     @staticmethod
-    def _read(r: Reader, a: int, n: int) -> np.ndarray:
+    def _read(r: Reader, a: int, n: int, compact: bool = False) -> np.ndarray:
         raise NotImplementedError
 
     def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
@@ -281,7 +288,7 @@ class _DenseEncoding:
         n = _numel(shape)
         r = Reader(payload)
         alphabet, a = read_alphabet(r, dtype)
-        out = self._read(r, a, n)
+        out = self._read(r, a, n, compact=True)  # desymbolize widens it slice by slice
         r.done()
         return desymbolize(out, alphabet, shape, dtype)
 
@@ -361,7 +368,7 @@ class _SparseEncoding:
         bg = r.varint(a - 1)
         pos, vals = self._decode_sparse(r, n, a, bg)
         r.done()
-        out = np.full(n, bg, dtype=np.int64)
+        out = np.full(n, bg, dtype=np.uint16)  # symbols < MAX_ALPHABET; desymbolize widens by slices
         out[pos] = vals
         return desymbolize(out, alphabet, shape, dtype)
 

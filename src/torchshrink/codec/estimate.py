@@ -19,8 +19,8 @@ from torchshrink.codec.encodings import dtype_code, encodings
 from torchshrink.codec.fileformat import dumps
 from torchshrink.codec.model_encode import (
     _canonical_originals,
-    _encode_best,
     _hint_for,
+    encode_tensor,
     module_codec,
     normalized,
 )
@@ -45,11 +45,12 @@ def layer_bytes(model: nn.Module, layer: str, *, verify: bool = False) -> int:
     candidates = encodings()
     for key in keys:
         t = canon.get(key, state[key]).detach().to("cpu").contiguous()
-        enc, payload, meta = _encode_best(key, t, _hint_for(key, t, modules), candidates, verify=verify)
-        row: list[object] = [key, enc, list(t.shape), dtype_code(t.dtype), len(payload)]
+        enc, payload, meta = encode_tensor(key, t, _hint_for(key, t, modules), candidates, verify=verify)
+        size = len(payload) if isinstance(payload, bytes) else payload.nbytes
+        row: list[object] = [key, enc, list(t.shape), dtype_code(t.dtype), size]
         if meta:
             row.append(meta)
-        total += len(payload) + len(dumps(row)) + 1
+        total += size + len(dumps(row)) + 1
     for name, m in modules.items():
         if not _under(name, layer) or "parametrizations" in name.split("."):
             continue

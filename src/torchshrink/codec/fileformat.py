@@ -1,6 +1,23 @@
-"""The artifact file format: a safetensors file holding one byte tensor.
+"""The artifact file format: a safetensors file holding one byte tensor, plus, in format 3,
+the large tensors as entries of their own.
 
-Format 2 (written now; all of it a valid safetensors file, readable by `safetensors.safe_open`):
+Format 3 (written when some tensor codes to at least `ENTRY_MIN` bytes; a valid safetensors file):
+
+    u64 header length | {"<state_dict key>": {"dtype", "shape", "data_offsets"}, ..., "b": {"dtype": "U8", ...}}
+    (space-padded) | the entries' bytes, in tensor-table order | b
+    b = format 2's blob: u32 crc32 of the rest | varint m | deflated manifest | the small tensors' streams
+
+A large tensor is its own entry, named by its state_dict key: with its real dtype and shape
+when stored raw ("dense"), as U8 bytes when coded. `safetensors.safe_open(path).keys()` lists
+them and `get_tensor` reads them, so standard tools see the model's big weights. The manifest
+("E") gives each entry's crc32; the small tensors stay packed in "b" as in format 2, which is
+why a model without a large tensor (every LeNet file) is still written as format 2, byte for
+byte as before. "b" comes last because it holds the manifest, which is known only once every
+tensor is coded: the writer streams the entries to the file as it codes them and writes the
+header, padded to the space it reserved, at the end. A tied name or a reserved name ("b",
+"__metadata__") stays in the blob.
+
+Format 2 (a valid safetensors file):
 
     u64 header length | {"b": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}} | blob
     blob = u32 crc32 of the rest | varint m | m bytes: the JSON manifest, raw deflate with a preset
@@ -8,7 +25,8 @@ Format 2 (written now; all of it a valid safetensors file, readable by `safetens
 
 The manifest sits in the blob, compressed, instead of in the safetensors metadata, where
 JSON inside a JSON string pays an escape per quote and no compression: on a LeNet file that
-was 1.6-2.0 KB, now under 300 B. One checksum covers manifest and payload.
+was 1.6-2.0 KB, now under 300 B. One checksum covers manifest and payload. Format 3 uses the
+same preset dictionary.
 
 Format 1 (read, never written): {"__metadata__": {"ts": <manifest JSON>, "c": <crc32, hex>},
 "b": <the payload>}, with the payload's crc32 in the manifest's "x".
@@ -37,32 +55,42 @@ Manifest keys (short on purpose, since they are in every file):
         skeleton gives (its state_dict order, tied aliases left out): names, shapes and dtypes
         are then not stored, and a skeleton with another layout is refused by this checksum
     a   {state_dict key: earlier key} for tied tensors, stored once under the earlier key
+    E   format 3: [[row index into "t", crc32 hex], ...] for the tensors stored as their own
+        safetensors entries (named by their key); the other rows' streams follow each other in
+        the blob
     A   {module name: {dotted attribute: value}}: plain attributes structural surgery set (head counts)
     x   crc32 of the payload, hex (format 1 only)
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import struct
-import tempfile
 import zlib
+from collections.abc import Callable
 from importlib import metadata as _metadata
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from torchshrink.codec.atomic import atomic_file, atomic_write
 from torchshrink.codec.encodings import dtype_from_code, varint
+from torchshrink.codec.entries import Entry, entry_record, own_entries, safetensors_dtype, tiled
 from torchshrink.errors import ArtifactError
 
-__all__ = ["FORMAT_VERSION", "MAX_DEPTH", "ArtifactInfo", "TensorRecord", "atomic_write", "dumps", "layout_crc",
-           "explicit_rows", "implicit", "pack", "pack_text", "parse", "read_bytes", "records", "version"]
+__all__ = ["ENTRY_MIN", "FORMAT_PACKED", "FORMAT_VERSION", "MAX_DEPTH", "ArtifactInfo", "Located", "TensorRecord",
+           "atomic_file", "atomic_write", "deflate_manifest", "dumps", "layout_crc", "explicit_rows", "implicit",
+           "locate", "pack", "pack_text", "parse", "parse_blob", "read_bytes", "records", "safetensors_dtype",
+           "version"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest format this module reads and writes
+FORMAT_PACKED = 2  # what a file without entries of its own is written as (every tensor in the blob)
+# A tensor whose stream has at least this many bytes is its own safetensors entry. Below it
+# an entry's ~100 header bytes would show on small files (a LeNet file is 20-30 KB); above it
+# they cost under 0.05%.
+ENTRY_MIN = 1 << 18
 _BLOB = "b"  # format 1's payload tensor
 _BLOB2 = "b"  # format 2's single tensor: crc, compressed manifest, payload
 # Deflate's preset dictionary for format 2 manifests: the words most manifests repeat, so even
@@ -112,10 +140,15 @@ def pack(manifest: dict[str, Any], payload: bytes) -> bytes:
     return pack_text(dumps(manifest), payload)
 
 
+def deflate_manifest(text: str) -> bytes:
+    """The manifest as stored in the blob: raw deflate with the preset dictionary."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+    return z.compress(text.encode("utf-8", "surrogatepass")) + z.flush()
+
+
 def pack_text(text: str, payload: bytes) -> bytes:
     """`pack` for a manifest already serialized (tests write hostile text through it)."""
-    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
-    packed = z.compress(text.encode("utf-8", "surrogatepass")) + z.flush()
+    packed = deflate_manifest(text)
     rest = varint(len(packed)) + packed + payload
     blob = struct.pack("<I", zlib.crc32(rest) & 0xFFFFFFFF) + rest
     header = {_BLOB2: {"dtype": "U8", "shape": [len(blob)], "data_offsets": [0, len(blob)]}}
@@ -124,45 +157,12 @@ def pack_text(text: str, payload: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + blob
 
 
-def _umask() -> int:
-    # The only portable way to read the umask is to set it; set it straight back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so the file appears complete or not at all; a failure leaves
-    any previous file untouched. The new file gets the mode the umask gives (as `open` would),
-    not the 0600 of a temporary file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ArtifactError(f"cannot save to {str(path)!r}: directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable; not every platform lets us open a directory.
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-
-
 @dataclasses.dataclass(frozen=True)
 class TensorRecord:
+    """One stored tensor. offset: where its stream starts in the payload it belongs to (the
+    blob's payload; 0 for a format 3 entry); start: its first byte's position in the file;
+    crc: the crc32 (hex) of a format 3 entry, else None (the blob's checksum covers it)."""
+
     key: str
     encoding: str
     shape: tuple[int, ...]
@@ -170,11 +170,14 @@ class TensorRecord:
     offset: int
     nbytes: int
     meta: dict[str, Any]
+    start: int = -1
+    crc: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactInfo:
-    """What an artifact holds, without building the model."""
+    """What an artifact holds, without building the model. payload_bytes: the tensors'
+    streams; header_bytes: everything else (safetensors header, checksums, manifest)."""
 
     path: str
     file_bytes: int
@@ -235,7 +238,15 @@ def _manifest_from(text: str, path: str) -> dict[str, Any]:
     return manifest
 
 
-def _parse_v1(meta: dict[str, Any], entries: dict[str, Any], body: bytes, path: str) -> dict[str, Any]:
+Checksum = Callable[[memoryview], int]
+
+
+def _crc32(data: memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _parse_v1(meta: dict[str, Any], entries: dict[str, Any], body: memoryview, path: str,
+              checksum: Checksum = _crc32) -> dict[str, Any]:
     text = meta[_MANIFEST_KEY]
     if not isinstance(text, str) or meta.get(_MANIFEST_CRC) != crc(text.encode("utf-8", "surrogatepass")):
         raise fail(path, "the manifest checksum does not match (the file is corrupted)")
@@ -248,19 +259,16 @@ def _parse_v1(meta: dict[str, Any], entries: dict[str, Any], body: bytes, path: 
                               f"{dumps(entries)[:200]} (truncated or corrupted)")
     elif body:
         raise fail(path, f"{len(body)} unexpected bytes after the header")
-    if manifest.get("x") != crc(body):
+    if manifest.get("x") != f"{checksum(body):08x}":
         raise fail(path, "the payload checksum does not match (the file is truncated or corrupted)")
     return manifest
 
 
-def _parse_v2(entries: dict[str, Any], blob: bytes, path: str) -> tuple[dict[str, Any], int]:
-    """(manifest, offset of the payload in the blob)."""
-    spec = entries[_BLOB2]
-    if (set(entries) != {_BLOB2} or not isinstance(spec, dict) or spec.get("dtype") != "U8"
-            or spec.get("shape") != [len(blob)] or spec.get("data_offsets") != [0, len(blob)]):
-        raise fail(path, f"the data section has {len(blob)} bytes but the header describes "
-                          f"{dumps(entries)[:200]} (truncated or corrupted)")
-    if len(blob) < 5 or struct.unpack("<I", blob[:4])[0] != zlib.crc32(blob[4:]) & 0xFFFFFFFF:
+def parse_blob(blob: memoryview, path: str, checksum: Checksum = _crc32,
+               entries: bool = False) -> tuple[dict[str, Any], int]:
+    """(manifest, offset of the payload in the blob) of a format 2 or 3 blob, checksum
+    verified; entries: the file has entries besides the blob (then it must be format 3)."""
+    if len(blob) < 5 or struct.unpack("<I", blob[:4])[0] != checksum(blob[4:]):
         raise fail(path, "the checksum does not match (the file is truncated or corrupted, or a safetensors "
                           "file of another tool)")
     pos, m, shift = 4, 0, 0
@@ -289,37 +297,78 @@ def _parse_v2(entries: dict[str, Any], blob: bytes, path: str) -> tuple[dict[str
     except UnicodeDecodeError as e:
         raise fail(path, f"the manifest is not UTF-8 ({e})") from e
     manifest = _manifest_from(text, path)
-    if manifest["f"] < 2:
-        raise fail(path, f"a format {manifest['f']} manifest in a format 2 file")
+    if manifest["f"] < 2 or (manifest["f"] >= 3) != entries:
+        raise fail(path, f"a format {manifest['f']} manifest in a file {'with' if entries else 'without'} "
+                         "tensor entries of its own")
     return manifest, pos + m
 
 
-def parse(data: bytes, path: str) -> tuple[dict[str, Any], bytes, int]:
-    """(manifest, payload, bytes before the payload) after checking structure and checksums."""
-    if len(data) == 0:
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """Where a file's parts are (positions from the file's start), its checksums verified
+    except those of format 3 entries, which are checked as each tensor is read."""
+
+    manifest: dict[str, Any]
+    data_start: int  # the first byte after the safetensors header
+    payload_start: int  # the blob's tensor streams (format 1: the body)
+    payload_len: int
+    entries: dict[str, Entry]  # format 3: name -> (dtype, shape, start, end)
+
+
+def _header(buf: memoryview, path: str) -> tuple[int, dict[str, Any]]:
+    if len(buf) == 0:
         raise fail(path, "the file is empty")
-    if len(data) < 8:
-        raise fail(path, f"only {len(data)} bytes, too short for a safetensors header (truncated?)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, _MAX_HEADER):
-        raise fail(path, f"its header claims {n} bytes but the file has {len(data)} "
+    if len(buf) < 8:
+        raise fail(path, f"only {len(buf)} bytes, too short for a safetensors header (truncated?)")
+    (n,) = struct.unpack("<Q", buf[:8])
+    if n > min(len(buf) - 8, _MAX_HEADER):
+        raise fail(path, f"its header claims {n} bytes but the file has {len(buf)} "
                           "(truncated, corrupted, or not a safetensors file)")
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        header = json.loads(bytes(buf[8 : 8 + n]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise fail(path, f"the safetensors header is not valid JSON ({e}); the file is corrupted or foreign") from e
     if not isinstance(header, dict):
         raise fail(path, "the safetensors header is not a JSON object")
+    return n, header
+
+
+def locate(buf: memoryview, path: str, checksum: Checksum = _crc32) -> Located:
+    """Parse a whole file (in memory or memory-mapped): header, manifest, checksums."""
+    n, header = _header(buf, path)
     meta = header.get("__metadata__")
-    body = data[8 + n :]
+    body = buf[8 + n :]
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     if isinstance(meta, dict) and _MANIFEST_KEY in meta:
-        return _parse_v1(meta, entries, body, path), body, 8 + n
-    if _BLOB2 in entries:
-        manifest, offset = _parse_v2(entries, body, path)
-        return manifest, body[offset:], 8 + n + offset
-    raise fail(path, "it is a safetensors file without a torchshrink manifest (written by another tool?); "
-                      "load it with safetensors.torch.load_file instead")
+        return Located(_parse_v1(meta, entries, body, path, checksum), 8 + n, 8 + n, len(body), {})
+    if _BLOB2 not in entries:
+        raise fail(path, "it is a safetensors file without a torchshrink manifest (written by another tool?); "
+                          "load it with safetensors.torch.load_file instead")
+    if set(entries) == {_BLOB2}:
+        spec = entries[_BLOB2]
+        if (not isinstance(spec, dict) or spec.get("dtype") != "U8" or spec.get("shape") != [len(body)]
+                or spec.get("data_offsets") != [0, len(body)]):
+            raise fail(path, f"the data section has {len(body)} bytes but the header describes "
+                              f"{dumps(entries)[:200]} (truncated or corrupted)")
+        manifest, offset = parse_blob(body, path, checksum)
+        return Located(manifest, 8 + n, 8 + n + offset, len(body) - offset, {})
+    try:
+        located = tiled(entries, len(body))
+    except ValueError as e:
+        raise fail(path, str(e)) from e
+    dtype, shape, a, b = located.pop(_BLOB2)
+    if dtype != "U8" or shape != [b - a]:
+        raise fail(path, f"the blob entry is malformed: {dumps(entries[_BLOB2])[:200]}")
+    manifest, offset = parse_blob(body[a:b], path, checksum, entries=True)
+    moved = {k: (d, s, 8 + n + x, 8 + n + y) for k, (d, s, x, y) in located.items()}
+    return Located(manifest, 8 + n, 8 + n + a + offset, b - a - offset, moved)
+
+
+def parse(data: bytes, path: str) -> tuple[dict[str, Any], bytes, int]:
+    """(manifest, payload, bytes before the payload) of a file held in memory, after checking
+    structure and checksums; in a format 3 file the payload is the blob's (entries left out)."""
+    found = locate(memoryview(data), path)
+    return found.manifest, data[found.payload_start : found.payload_start + found.payload_len], found.payload_start
 
 
 def implicit(manifest: dict[str, Any]) -> bool:
@@ -348,17 +397,23 @@ def explicit_rows(manifest: dict[str, Any], layout: list[list[Any]], path: str) 
     return {**manifest, "t": out}
 
 
-def records(manifest: dict[str, Any], payload_len: int, path: str) -> list[TensorRecord]:
+def records(manifest: dict[str, Any], payload_len: int, path: str, *, payload_start: int = 0,
+            entries: dict[str, Entry] | None = None) -> list[TensorRecord]:
+    """The tensor table, checked against the blob's payload (`payload_len` bytes at file
+    position `payload_start`) and, in format 3, the file's entries."""
     out: list[TensorRecord] = []
     offset = 0
     rows = manifest.get("t")
     if not isinstance(rows, list):
         raise fail(path, "the manifest has no tensor table")
+    entries = entries or {}
     decoded = 0
-    cap = max(_MIN_DECODED_CAP, _MAX_EXPANSION * payload_len)
+    stored = payload_len + sum(b - a for _, _, a, b in entries.values())
+    cap = max(_MIN_DECODED_CAP, _MAX_EXPANSION * stored)
     seen: set[str] = set()
     try:
-        for row in rows:
+        own = own_entries(manifest, len(rows))
+        for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) not in (5, 6):
                 raise ValueError(f"bad tensor record {str(row)[:200]}")
             key, enc, shape, code, nbytes = row[:5]
@@ -378,11 +433,18 @@ def records(manifest: dict[str, Any], payload_len: int, path: str) -> list[Tenso
                 numel *= d
             decoded += numel * torch.empty((), dtype=dtype).element_size()
             if decoded > cap:
-                raise ValueError(f"the tensors would decode to more than {cap} bytes from a {payload_len}-byte "
-                                 f"payload (tensor {key!r} declares shape {shape})")
-            out.append(TensorRecord(key, enc, tuple(shape), dtype, offset, nbytes, meta))
+                raise ValueError(f"the tensors would decode to more than {cap} bytes from {stored} stored "
+                                 f"bytes (tensor {key!r} declares shape {shape})")
+            r = TensorRecord(key, enc, tuple(shape), dtype, offset, nbytes, meta, payload_start + offset)
+            if i in own:
+                out.append(entry_record(r, code, entries.get(key), own[i]))
+                continue
+            out.append(r)
             offset += nbytes
-    except (TypeError, ValueError, IndexError) as e:
+        if {rows[i][0] for i in own} != set(entries):
+            raise ValueError(f"the file's entries {sorted(entries)[:8]} are not the tensors the table lists as "
+                             "entries")
+    except (TypeError, ValueError, IndexError, KeyError) as e:
         raise fail(path, f"malformed tensor table: {e}") from e
     if offset != payload_len:
         raise fail(path, f"the tensor table covers {offset} bytes but the payload has {payload_len}")

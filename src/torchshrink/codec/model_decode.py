@@ -19,10 +19,16 @@ from torch.nn.utils import parametrize
 from torchshrink.codec import attributes, references, structure
 from torchshrink.codec.encodings import dtype_code, get_encoding
 from torchshrink.codec.fileformat import TensorRecord, dumps, fail
+from torchshrink.codec.mapped import MappedArtifact
 from torchshrink.codec.model_encode import depth, module_codec, normalized
 from torchshrink.errors import ArtifactError
 from torchshrink.nn.history import set_history
-from torchshrink.nn.meta import build_on_meta, meta_copy, state_shapes
+from torchshrink.nn.meta import (
+    build_on_meta,
+    build_with_state_on_meta,
+    meta_copy,
+    state_shapes,
+)
 
 __all__ = ["decode_model", "layout"]
 
@@ -42,9 +48,9 @@ def _copy_like(like: nn.Module, meta: bool) -> nn.Module:
 
 
 def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str, meta: bool,
-              inplace: bool) -> nn.Module:
+              inplace: bool, light: bool) -> nn.Module:
     if isinstance(like, nn.Module):
-        return like if inplace else _copy_like(like, meta)
+        return like if inplace else _copy_like(like, meta or light)
     name = like if isinstance(like, str) else manifest.get("m")
     build: Callable[[], nn.Module]
     if name is None and like is None and "hf" in manifest:
@@ -62,7 +68,7 @@ def _skeleton(like: nn.Module | str | None, manifest: dict[str, Any], path: str,
         kwargs = (manifest.get("mk") or {}) if like is None or like == manifest.get("m") else {}
         build = lambda: references.build_reference(name, kwargs)  # noqa: E731
     try:
-        return build_on_meta(build) if meta else build()
+        return build_on_meta(build) if meta else build_with_state_on_meta(build) if light else build()
     except ArtifactError as e:
         raise ArtifactError(f"{path!r}: {e}") from e
 
@@ -145,8 +151,12 @@ def _reattach(model: nn.Module, manifest: dict[str, Any], path: str) -> None:
 
 
 def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *, meta: bool,
-           inplace: bool) -> nn.Module:
-    model = _skeleton(like, manifest, path, meta, inplace)
+           inplace: bool, light: bool = False) -> nn.Module:
+    """The skeleton with the recorded structure and parametrizations: on the meta device
+    (meta), or real with its parameters and persistent buffers on the meta device (light: all
+    of them are about to be assigned from the file; a like= module is then copied to the meta device, its
+    buffers filled in after loading by `_fill_buffers`), or real."""
+    model = _skeleton(like, manifest, path, meta, inplace, light)
 
     def rest() -> nn.Module:
         _strip_parametrizations(model)
@@ -157,7 +167,7 @@ def _build(like: nn.Module | str | None, manifest: dict[str, Any], path: str, *,
         _reattach(out, manifest, path)
         return out
 
-    return build_on_meta(rest) if meta else rest()
+    return build_on_meta(rest) if meta else build_with_state_on_meta(rest) if light else rest()
 
 
 def _aliases(manifest: dict[str, Any], stored: set[str], path: str) -> dict[str, str]:
@@ -190,12 +200,15 @@ def _check_against(model: nn.Module, records: list[TensorRecord], aliases: dict[
             )
 
 
-def _decode_tensors(records: list[TensorRecord], body: bytes, path: str) -> dict[str, torch.Tensor]:
+def _decode_tensors(records: list[TensorRecord], source: MappedArtifact, path: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for r in records:
         enc = get_encoding(r.encoding)
+        # The built-in decoders read a view of the map; others get bytes, as they always did.
+        builtin = type(enc).__module__.startswith("torchshrink.codec.")
         try:
-            t = enc.decode(body[r.offset : r.offset + r.nbytes], r.meta, r.shape, r.dtype)
+            with source.stream(r) as view:
+                t = enc.decode(view if builtin else bytes(view), r.meta, r.shape, r.dtype)  # type: ignore[arg-type]
         except ArtifactError:
             raise
         except Exception as e:  # a bad payload must never surface as a crash
@@ -236,20 +249,49 @@ def layout(manifest: dict[str, Any], path: str, like: nn.Module | str | None, *,
         raise ArtifactError(f"{path!r}: the skeleton holds a tensor the artifact cannot describe ({e})") from e
 
 
-def decode_model(manifest: dict[str, Any], records: list[TensorRecord], body: bytes, path: str,
+def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path!r} does not load into {type(model).__name__}: {e}") from e
+
+
+def _fill_buffers(model: nn.Module, like: nn.Module) -> None:
+    """Copy into `model` the buffers the file does not hold (non-persistent ones) from `like`,
+    whose meta copy `model` was built from: what a deep copy of `like` would have had."""
+    source = dict(like.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        src = source.get(name)
+        if buf.is_meta and src is not None and src.shape == buf.shape and src.dtype == buf.dtype:
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = src.detach().clone()
+
+
+def _has_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+def decode_model(manifest: dict[str, Any], records: list[TensorRecord], source: MappedArtifact, path: str,
                  like: nn.Module | str | None, *, inplace: bool = False) -> nn.Module:
+    """The model, its tensors decoded one at a time from `source`. Unless in place, the skeleton
+    gets its parameters and persistent buffers on the meta device, so memory holds only the
+    decoded tensors; should one stay unassigned (a module that hides a tensor from its
+    state_dict), the skeleton is built again for real."""
     aliases = _aliases(manifest, {r.key for r in records}, path)
     if not inplace:
         # A module that refuses deepcopy cannot be copied to the meta device either; in place,
         # the check runs after the real rebuild (still before any tensor is decoded).
         _check_against(_build(like, manifest, path, meta=True, inplace=False), records, aliases, manifest, path)
-    model = _build(like, manifest, path, meta=False, inplace=inplace)
+    light = not inplace
+    model = _build(like, manifest, path, meta=False, inplace=inplace, light=light)
     _check_against(model, records, aliases, manifest, path)
-    tensors = _tensors_for(model, _decode_tensors(records, body, path), aliases)
-    try:
-        model.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path!r} does not load into {type(model).__name__}: {e}") from e
+    decoded = _decode_tensors(records, source, path)
+    _assign(model, _tensors_for(model, decoded, aliases), path)
+    if light and isinstance(like, nn.Module):
+        _fill_buffers(model, like)
+    if light and _has_meta(model):
+        model = _build(like, manifest, path, meta=False, inplace=False)
+        _assign(model, _tensors_for(model, decoded, aliases), path)
     history = manifest.get("h")
     if history:
         if not isinstance(history, list):

@@ -9,22 +9,33 @@ tensors (one Parameter under two names) are coded once and recorded as aliases.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, overload
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from torchshrink.codec import attributes, references, structure
-from torchshrink.codec.encodings import Encoding, TensorHint, dtype_code, encodings, tensor_bytes
+from torchshrink.codec.encodings import (
+    Dense,
+    Encoding,
+    TensorHint,
+    dtype_code,
+    encodings,
+    tensor_bytes,
+)
 from torchshrink.codec.fileformat import FORMAT_VERSION, dumps, version
+from torchshrink.codec.screen import screened
 from torchshrink.errors import ArtifactError, ConfigError
 from torchshrink.nn.history import history_of
+from torchshrink.nn.meta import build_on_meta
 from torchshrink.nn.storage import alias_groups
 
-__all__ = ["depth", "manifest_of", "module_codec", "normalized", "plain_type", "unregistered_error"]
+__all__ = ["StreamSink", "depth", "encode_streams", "encode_tensor", "manifest_of", "module_codec", "normalized",
+           "plain_type", "raw_view", "unregistered_error"]
 
 
 def _layer_of(key: str) -> tuple[str, str]:
@@ -84,10 +95,46 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and tensor_bytes(a) == tensor_bytes(b)
 
 
+def raw_view(t: torch.Tensor) -> memoryview:
+    """`tensor_bytes(t)` without the copy where the machine is little-endian: the bytes dense
+    stores, as a view of the (contiguous) tensor's memory."""
+    if sys.byteorder != "little":
+        return memoryview(tensor_bytes(t))
+    twin = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    arr: Any = (t.view(twin) if t.dtype != twin else t).reshape(-1).numpy()
+    return memoryview(arr).cast("B")
+
+
+def encode_tensor(key: str, tensor: torch.Tensor, hint: TensorHint, candidates: list[Encoding], *,
+                  verify: bool = True) -> tuple[str, bytes | memoryview, dict[str, Any]]:
+    """The encoding `save` stores `tensor` with: the smallest bit-exact one among those
+    `codec/screen.py` keeps (all of them for a small tensor). A large tensor that nothing beats
+    is stored by the built-in dense encoding as a view of its own bytes (exact by construction)."""
+    chosen = screened(tensor, candidates)
+    dense = next((c for c in chosen if c.name == "dense" and type(c) is Dense), None)
+    if chosen is candidates or dense is None:
+        return _encode_best(key, tensor, hint, chosen, verify=verify)
+    raw = tensor.numel() * tensor.element_size()
+    got = _encode_best(key, tensor, hint, [c for c in chosen if c is not dense], verify=verify, bound=raw)
+    return got if got is not None else ("dense", raw_view(tensor), {})
+
+
+@overload
+def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint, candidates: list[Encoding], *,
+                 verify: bool = True, bound: None = None) -> tuple[str, bytes, dict[str, Any]]: ...
+
+
+@overload
+def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint, candidates: list[Encoding], *,
+                 verify: bool = True, bound: int) -> tuple[str, bytes, dict[str, Any]] | None: ...
+
+
 def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint,
-                 candidates: list[Encoding], *, verify: bool = True) -> tuple[str, bytes, dict[str, Any]]:
+                 candidates: list[Encoding], *, verify: bool = True,
+                 bound: int | None = None) -> tuple[str, bytes, dict[str, Any]] | None:
     """The smallest encoding of `tensor` that decodes bit-exactly. verify=False skips the
-    decode (a size estimate: an encoding that would fail the check may be picked)."""
+    decode (a size estimate: an encoding that would fail the check may be picked). With a
+    bound, only an encoding costing less counts, and None means none did."""
     best: tuple[int, str, bytes, dict[str, Any]] | None = None
     shape = tuple(tensor.shape)
     for enc in candidates:
@@ -98,7 +145,7 @@ def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint,
             payload, meta = bytes(got[0]), dict(got[1])
             meta_cost = len(dumps(meta)) if meta else 0
             cost = len(payload) + meta_cost
-            if best is not None and cost >= best[0]:
+            if (best is not None and cost >= best[0]) or (bound is not None and cost >= bound):
                 continue
             if not verify:
                 best = (cost, enc.name, payload, meta)
@@ -118,6 +165,8 @@ def _encode_best(key: str, tensor: torch.Tensor, hint: TensorHint,
             continue
         best = (cost, enc.name, payload, meta)
     if best is None:
+        if bound is not None:
+            return None
         raise ArtifactError(f"no registered encoding could store {key!r} ({list(shape)} {tensor.dtype})")
     return best[1], best[2], best[3]
 
@@ -266,11 +315,13 @@ def _reference(model: nn.Module) -> tuple[dict[str, Any], nn.Module | None]:
         entries: dict[str, Any] = {"m": name}
         if kwargs:
             entries["mk"] = kwargs
-        # A real (CPU) build: structure replay on the skeleton decides what must be recorded.
-        return entries, references.build_reference(name, kwargs or {})
+        # Structure replay on the skeleton decides what must be recorded; it compares module
+        # types and specs, never values, so the skeleton is built on the meta device (a real
+        # build of a 125M-parameter model took a second, and its memory).
+        return entries, build_on_meta(lambda: references.build_reference(name, kwargs or {}))
     record = references.hf_record(model)
     if record is not None:
-        return {"hf": record}, references.build_hf(record)
+        return {"hf": record}, build_on_meta(lambda: references.build_hf(record))
     return {}, None
 
 
@@ -300,9 +351,21 @@ def _stored_values(state: Mapping[str, torch.Tensor], canon: dict[str, torch.Ten
     return out
 
 
-def manifest_of(model: nn.Module, *, metadata: Mapping[str, Any] | None = None,
-                history: bool = False) -> tuple[dict[str, Any], bytes]:
-    """The manifest (tensor table with names) and the payload `save` writes for `model`."""
+class StreamSink(Protocol):
+    """Where `encode_streams` puts the coded tensors (`codec/writer.py` writes them to a file)."""
+
+    def begin(self, tensors: list[tuple[str, list[int], int]]) -> None:
+        """(key, shape, raw bytes) of every tensor to come, in table order, before the first."""
+
+    def add(self, row: list[Any], payload: bytes | memoryview) -> None:
+        """One tensor: its table row [key, encoding, shape, dtype code, bytes, meta?] and stream."""
+
+
+def encode_streams(model: nn.Module, sink: StreamSink, *, metadata: Mapping[str, Any] | None = None,
+                   history: bool = False) -> dict[str, Any]:
+    """Code `model`'s tensors one by one into `sink`; returns the manifest (tensor table with
+    names). Everything that can refuse the model (metadata, tensor kinds, unregistered
+    modules) is checked before the first tensor is coded."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"save() expects an nn.Module, got {type(model).__name__}")
     user_meta = None
@@ -318,23 +381,23 @@ def manifest_of(model: nn.Module, *, metadata: Mapping[str, Any] | None = None,
     aliases = alias_groups(state)
     values = _stored_values(state, _canonical_originals(model), aliases)
     modules = dict(model.named_modules())
-    candidates = encodings()
-    rows: list[list[Any]] = []
-    chunks: list[bytes] = []
-    for key, value in values.items():
-        t = value.detach().to("cpu").contiguous()
-        code = dtype_code(t.dtype)
-        enc, payload, meta = _encode_best(key, t, _hint_for(key, t, modules), candidates)
-        rec: list[Any] = [key, enc, list(t.shape), code, len(payload)]
-        if meta:
-            rec.append(meta)
-        rows.append(rec)
-        chunks.append(payload)
     entries, reference = _reference(model)
     attrs = attributes.structural_attributes(model)
     # After head pruning the saved config already describes the thinner model, while like= may
     # be the original: record every module spec, not only those that differ from the config's build.
     table, specs, chains = _structure(model, None if attrs else reference)
+    candidates = encodings()
+    sink.begin([(k, list(v.shape), v.numel() * v.element_size()) for k, v in values.items()])
+    rows: list[list[Any]] = []
+    for key, value in values.items():
+        t = value.detach().to("cpu").contiguous()
+        code = dtype_code(t.dtype)
+        enc, payload, meta = encode_tensor(key, t, _hint_for(key, t, modules), candidates)
+        rec: list[Any] = [key, enc, list(t.shape), code, len(payload) if isinstance(payload, bytes) else payload.nbytes]
+        if meta:
+            rec.append(meta)
+        rows.append(rec)
+        sink.add(rec, payload)
     manifest: dict[str, Any] = {"f": FORMAT_VERSION, "v": version(), **entries}
     manifest["r"] = plain_type(model).__name__
     applied = history_of(model) if history else []
@@ -352,4 +415,23 @@ def manifest_of(model: nn.Module, *, metadata: Mapping[str, Any] | None = None,
     manifest["t"] = rows
     if aliases:
         manifest["a"] = aliases
-    return manifest, b"".join(chunks)
+    return manifest
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def begin(self, tensors: list[tuple[str, list[int], int]]) -> None:
+        pass
+
+    def add(self, row: list[Any], payload: bytes | memoryview) -> None:
+        self.chunks.append(bytes(payload))
+
+
+def manifest_of(model: nn.Module, *, metadata: Mapping[str, Any] | None = None,
+                history: bool = False) -> tuple[dict[str, Any], bytes]:
+    """The manifest and the concatenated payload of `model`, all in memory (tests, sizes)."""
+    sink = _Collect()
+    manifest = encode_streams(model, sink, metadata=metadata, history=history)
+    return manifest, b"".join(sink.chunks)

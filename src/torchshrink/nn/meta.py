@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["build_on_meta", "meta_copy", "state_shapes"]
+__all__ = ["build_on_meta", "build_with_state_on_meta", "meta_copy", "state_shapes"]
 
 M = TypeVar("M")
 
@@ -37,6 +37,37 @@ def build_on_meta(build: Callable[[], M]) -> M:
     """`build()` with every new tensor on the meta device and weight initialization skipped."""
     with torch.device("meta"), _SkipInplaceInit():
         return build()
+
+
+def build_with_state_on_meta(build: Callable[[], M]) -> M:
+    """`build()` with every new plain `nn.Parameter` and persistent buffer moved to the meta
+    device as it is registered, and initialization on them skipped; non-persistent buffers
+    stay real. For a loader about to assign the whole state_dict from a file: the skeleton then
+    costs no memory, while the buffers a state_dict leaves out (rotary frequencies, say) keep
+    their computed values. Patches `nn.Module.register_parameter` / `register_buffer` for the
+    duration (not thread-safe)."""
+    register, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(self, name, param)
+        p = self._parameters.get(name)
+        if p is not None and type(p) is nn.Parameter and not p.is_meta:
+            self._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+
+    def buffer_on_meta(self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(self, name, tensor, persistent)
+        b = self._buffers.get(name)
+        if persistent and b is not None and not b.is_meta:
+            self._buffers[name] = b.to("meta")
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    nn.Module.register_buffer = buffer_on_meta  # type: ignore[method-assign]
+    try:
+        with _SkipInplaceInit():
+            return build()
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
 
 
 def meta_copy(module: nn.Module) -> nn.Module:

@@ -147,12 +147,12 @@ def file_streams(path: str | os.PathLike[str]) -> FileStreams:
 
     info = read_info(path)
     data, _ = read_bytes(path)
-    payload = memoryview(data)[info.header_bytes:]
+    payload = memoryview(data)
     layers: dict[str, LayerStreams] = {}
     for rec in info.tensors:
         row = layers.setdefault(layer_of(rec.key), LayerStreams(layer_of(rec.key), {s: 0 for s in STREAMS[:4]}))
         role = _role(rec.key)
-        chunk = bytes(payload[rec.offset: rec.offset + rec.nbytes])
+        chunk = bytes(payload[rec.start: rec.start + rec.nbytes])
         pos = 0
         if rec.nbytes and role == "values":
             if rec.encoding in _SPARSE:
