@@ -174,10 +174,13 @@ def prepare_model(folder: Path, quick: bool, threads: int) -> dict[str, Any]:
     torch.save({"calib": calib, "text": text}, folder / "bench_data.pt")
     params = sum(p.numel() for p in model.parameters())
     fp32_ppl = ts.evaluate_lm(model, text, tokenizer=lambda s: list(s.encode("latin-1")))["perplexity"]
-    return {"config": "LlamaForCausalLM(hidden 256, intermediate 768, 4 layers, 4 heads, vocab 256 bytes)",
-            "params": params, "train_steps": steps, "train_seconds": train_s, "fp32_perplexity": float(fp32_ppl),
+    meta = {"config": "LlamaForCausalLM(hidden 256, intermediate 768, 4 layers, 4 heads, vocab 256 bytes)",
+            "params": params, "train_steps": steps, "train_seconds": train_s, "train_threads": threads,
+            "fp32_perplexity": float(fp32_ppl),
             "calibration": "8 batches of 8 x 128 tokens from the training split (seed 1)",
             "evaluation": "ts.evaluate_lm strided windows over 40,000 bytes of the validation split"}
+    (folder / "bench_meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def prepare_scale(folder: Path, layers: int, hidden: int, inter: int, vocab: int) -> dict[str, Any]:
@@ -222,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llmc-python", default=None, help="interpreter of a venv with llmcompressor")
     p.add_argument("--inc-python", default=None, help="interpreter of a venv with neural-compressor[pt]")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="keep the trained model here; a folder holding one from an earlier run is reused "
+                        "(training takes most of the run)")
     p.add_argument("--scale", default=None, metavar="LAYERS,HIDDEN,INTER,VOCAB",
                    help="instead of the quality table: GPTQ int4 g128 time and peak memory of each library on a "
                         "random Llama of this size (e.g. 12,768,2048,32000 for ~134M parameters)")
@@ -240,9 +246,24 @@ def main(argv: list[str] | None = None) -> int:
         return scale_main(args, pythons)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    def write(meta: dict[str, Any]) -> dict[str, Any]:
+        result = {"meta": {**meta, "threads": args.threads, "quick": args.quick, "seconds": time.perf_counter() - t0,
+                           "loadavg_end": os.getloadavg(),
+                           "settings": "symmetric int weights, lm_head left in fp32 by every library; act-order "
+                                       "with static groups where grouped; 'ours' = ts.WeightOnly(algorithm=..., "
+                                       "desc_act=...)"},
+                  "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))  # after every row: a cut-off run keeps what it measured
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "model"
-        meta = prepare_model(folder, args.quick, args.threads)
+        folder = args.model_dir or Path(tmp) / "model"
+        if (folder / "bench_meta.json").is_file():
+            meta = {**json.loads((folder / "bench_meta.json").read_text()), "reused_model_dir": str(folder)}
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            meta = prepare_model(folder, args.quick, args.threads)
         print(f"trained {meta['params']:,} params in {meta['train_seconds']:.0f} s; fp32 perplexity "
               f"{meta['fp32_perplexity']:.4f}", flush=True)
         for grid, bits, group in GRIDS:
@@ -254,18 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         row.update(run_child(pythons[which], which, folder, algo, bits, group, act, args.threads))
                     rows.append(row)
+                    write(meta)
                     print(f"  {grid} {which} {algo}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
                                                                    else f"{k} {v}" for k, v in row.items()
                                                                    if k not in ("grid", "library", "quantizer")),
                           flush=True)
-    result = {"meta": {**meta, "threads": args.threads, "quick": args.quick, "loadavg_start": None,
-                       "seconds": time.perf_counter() - t0, "loadavg_end": os.getloadavg(),
-                       "settings": "symmetric int weights, lm_head left in fp32 by every library; act-order "
-                                   "with static groups where grouped; 'ours' = ts.WeightOnly(algorithm=..., "
-                                   "desc_act=...)"},
-              "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    result = write(meta)
     from _common import table
 
     fp32 = meta["fp32_perplexity"]
