@@ -319,9 +319,12 @@ def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine
                     continue
                 split = {"database": res.seconds["database"], "solve": res.seconds.get("solve"),
                          "refine": res.seconds.get("refine"), "verify": res.seconds.get("verify")}
+                # every verified plan: the cost model's prediction, its file, its validation metric
+                tried = [{"predicted_bytes": c.predicted.get("bytes"), "file_bytes": c.file_bytes,
+                          "val_accuracy": c.metric, "meets_budget": c.meets_budget}
+                         for c in res.candidates if c.name.startswith("joint")]
                 slot[key] = {"fits": True, **bench.row(variant, res.model, secs, seconds_split=split,
-                                                       tries=len([c for c in res.candidates
-                                                                  if c.name.startswith("joint")]),
+                                                       tries=len(tried), tries_detail=tried,
                                                        per_layer=res.per_layer, refinements=res.refinements,
                                                        recipe=res.recipe.to_dict() if res.recipe else None)}
     return out
