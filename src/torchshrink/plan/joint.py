@@ -270,8 +270,9 @@ def plan_joint(
         cand.predicted = predicted
         real = {"bytes": float(cand.file_bytes or 0), "latency_ms": cand.latency_ms,
                 "macs": cal.predicted("macs", alloc.choice) if "macs" in cal.costs else None}
-        cand.meets_budget = alloc.feasible and all(real[k] is not None and real[k] <= v  # type: ignore[operator]
-                                                   for k, v in limits_set.items())
+        # measured, not predicted: a plan the database prices over the limit may fit on its file
+        cand.meets_budget = all(real[k] is not None and real[k] <= v  # type: ignore[operator]
+                                for k, v in limits_set.items())
         attempts.append(cand)
         if best is None or (cand.meets_budget, cand.metric) > (best.meets_budget, best.metric):
             best, best_model, chosen = cand, m, alloc
@@ -279,7 +280,7 @@ def plan_joint(
             bar.update(1)
         cal.observe(alloc.choice, m, cand.file_bytes, cand.latency_ms,
                     [db.rows[n][j].option.name for n, j in zip(db.layers, alloc.choice)])
-        if not alloc.feasible or (cand.meets_budget and "latency_ms" in limits_set):
+        if cand.meets_budget and "latency_ms" in limits_set:
             break
     if bar is not None:
         bar.close()
