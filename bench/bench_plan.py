@@ -56,6 +56,8 @@ CALIB_BATCH = 64
 # steps gpt_tiny trains for: a run on a busy machine states what it shortened.
 EPOCHS: dict[str, int] = {}
 GPT_STEPS = 600
+# the row groups of a model section that run (--parts): a rerun of one group after a change
+ALL_PARTS = PARTS = ("joint", "uniform", "menu", "nncf")
 
 
 def read_back(model: nn.Module, like: nn.Module) -> tuple[int, nn.Module]:
@@ -366,6 +368,8 @@ def model_section(name: str, quick: bool, cache: Path, finetune: int, lr: float,
                      ("uniform", lambda: uniform_rows(bench, name, limits)),
                      ("menu", lambda: menu_rows(bench, limits)),
                      ("nncf", lambda: nncf_rows(bench, limits))):
+        if part not in PARTS:
+            continue
         t0 = time.perf_counter()
         out[part] = fn()
         out[f"{part}_seconds"] = time.perf_counter() - t0
@@ -578,7 +582,7 @@ FT_EPOCHS = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    global FT_EPOCHS
+    global FT_EPOCHS, GPT_STEPS, PARTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2-epoch baselines, lenet300 only")
     ap.add_argument("--models", nargs="*", default=None)
@@ -592,21 +596,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="write the JSON and table from the finished parts only")
     ap.add_argument("--jobs", type=int, default=1, help="sections (models, latency cases) run in this many processes")
     ap.add_argument("--refine", type=int, default=12, help="validation evaluations of the local search row")
+    ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=ALL_PARTS,
+                    help="row groups of each model section to run, with --jobs 1 (the others are left out "
+                    "of the JSON)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "plan.json"))
     args = ap.parse_args(argv)
-    global GPT_STEPS
+    PARTS = tuple(args.parts)
     FT_EPOCHS = args.finetune
     EPOCHS.update({k: int(v) for k, v in (e.split("=", 1) for e in args.epochs)})
     GPT_STEPS = args.gpt_steps
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    models = args.models or (["lenet300"] if args.quick else list(MODELS))
+    # --models with no names: no model section (the latency cases alone)
+    models = args.models if args.models is not None else (["lenet300"] if args.quick else list(MODELS))
     t0 = time.perf_counter()
     plots = Path(args.out).parent if args.quick else ROOT / "docs"
     plots.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     cache = Path(args.cache)
-    parts = cache / ("parts_quick" if args.quick else "parts")
+    parts = cache / (("parts_quick" if args.quick else "parts") + ("" if set(PARTS) == set(ALL_PARTS) else
+                                                                   "_" + "_".join(PARTS)))
     lat_cases = [] if args.skip_latency else (["resnet_small"] if args.quick else ["resnet_small", "gpt_tiny"])
     jobs: list[tuple[str, str]] = [("model", m) for m in models] + [("latency", c) for c in lat_cases]
     if args.merge:
@@ -652,8 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         out["protocol"]["jobs"] = args.jobs
     out["seconds"] = time.perf_counter() - t0
     out["protocol"]["loadavg_end"] = os.getloadavg()
+    out["protocol"]["parts"] = list(PARTS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    if set(PARTS) != set(ALL_PARTS):  # the table needs every group; the JSON has what ran
+        print(f"wrote {args.out} ({out['seconds']:.0f} s; parts {', '.join(PARTS)})")
+        return 0
     print(table(["model", "budget", "fine-tune", "fp32 %", "joint %", "joint+refine %", "best uniform %", "menu %",
                  "nncf"],
                 summary(results), title="test accuracy on files read back (mnist5k)"))

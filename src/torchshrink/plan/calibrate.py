@@ -41,6 +41,7 @@ class Calibration:
     scale: dict[str, float] = dataclasses.field(default_factory=dict)
     log: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     _margin: float = dataclasses.field(default=0.0, repr=False)
+    _measured: set[tuple[int, int]] = dataclasses.field(default_factory=set, repr=False)
 
     @classmethod
     def start(cls, layers: Sequence[str], costs: Mapping[str, list[list[float]]],
@@ -69,6 +70,9 @@ class Calibration:
             c = self.costs["bytes"]
             changed = []
             for i, (n, j) in enumerate(zip(self.layers, choice)):
+                if (i, j) in self._measured:  # priced on a saved model already (coding is the cost)
+                    continue
+                self._measured.add((i, j))
                 got = float(layer_bytes(model, n))
                 if got != c[i][j]:
                     changed.append({"layer": n, "option": option_names[i] if option_names else j,
