@@ -73,7 +73,7 @@ def test_joint_plan_meets_the_budget_on_the_file_and_its_recipe_reproduces_it(se
     model, calib, fidelity, db = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = ts.plan(model, evaluate=fidelity, max_bytes=0.05, calibration=calib, search="joint", database=db,
-                  pareto_points=4, verify_points=2, progress=False)
+                  pareto_points=4, verify_points=2, retries=1, progress=False)  # re-solves: test_calibrate
     limit = 0.05 * res.baseline.file_bytes
     assert res.search == "joint" and res.budget["max_bytes"] == pytest.approx(limit)
     assert res.best is not None and res.best.meets_budget and res.best.file_bytes <= limit
