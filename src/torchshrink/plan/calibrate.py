@@ -8,13 +8,15 @@ The saved file differs from that sum in ways no single layer shows:
   ~570 bytes smaller than predicted, 1.6% of a 1/30 budget left unspent, the same for every plan;
 - a layer can cost more or less in the whole compressed model than its isolated copy did: after
   fine-tuning the values (and with them what entropy coding spends) change; a method may act a
-  little differently on the whole model.
+  little differently on the whole model (not seen on the LeNets or resnet_small so far: there
+  the whole difference is the manifest).
 `observe` prices each layer of the model that was saved (`layer_bytes` on it, the database's own
 measure) in place of its option's database entry, and sets the fixed part to the rest of the real
 file (plus a margin once a corrected prediction fell short); the verified plan's prediction is
-then its file size, and every other plan is priced with the same manifest share. Re-solving on these costs under the *same* limit replaces tightening
-the limit by the miss (which over-corrected: a discrete option set turns a few hundred bytes of
-tightening into a much weaker layer).
+then its file size, and every other plan is priced with the same manifest share. Re-solving on
+these costs under the *same* limit replaces tightening the limit by the miss (which over-
+corrected: a discrete option set turns a few hundred bytes of tightening into a much weaker
+layer).
 Latency is not a sum of layer times (dispatch, cache effects): its prediction is scaled by
 measured / predicted of the latest verified plan. MACs are counted exactly and need no correction.
 """
