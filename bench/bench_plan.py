@@ -56,6 +56,8 @@ CALIB_BATCH = 64
 # steps gpt_tiny trains for: a run on a busy machine states what it shortened.
 EPOCHS: dict[str, int] = {}
 GPT_STEPS = 600
+# the row groups of a model section that run (--parts): a rerun of one group after a change
+ALL_PARTS = PARTS = ("joint", "uniform", "menu", "nncf")
 
 
 def read_back(model: nn.Module, like: nn.Module) -> tuple[int, nn.Module]:
@@ -286,17 +288,37 @@ def nncf_rows(bench: Bench, limits: dict[int, float]) -> dict[str, Any]:
     return out
 
 
-def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine: int) -> dict[str, Any]:
+def _db_cache(bench: Bench, cache: Path) -> Path:
+    """Where the option database of this baseline and these calibration batches is kept: the
+    database is a measurement of them, so a rerun of the rows (after a change to the solve or
+    the verification) reuses it; its build time is in the JSON either way."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for x in bench.calib:
+        h.update(x.numpy().tobytes())
+    with tempfile.TemporaryDirectory() as d:
+        ts.save(bench.model, os.path.join(d, "m.tsz"))
+        h.update(Path(d, "m.tsz").read_bytes())
+    return cache / f"db_{bench.name}_{h.hexdigest()[:16]}.pt"
+
+
+def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine: int,
+               cache: Path | None = None) -> dict[str, Any]:
     """The option database once, then each budget solved, applied, verified; with and without
     the fine-tuning budget; and again with the local search (`refine` validation evaluations)."""
     out: dict[str, Any] = {}
     db = None
+    db_path = _db_cache(bench, cache) if cache is not None else None
+    if db_path is not None and db_path.exists():
+        db = torch.load(db_path, weights_only=False)
+        out["database_cached"] = str(db_path)
+    first = True
     for variant, evals in (("joint", 0), ("joint + refine", refine)):
         for k, limit in limits.items():
             # the local search picks the plan; its fine-tuned row would repeat the plain one's
             for ft in ((False, True) if evals == 0 else (False,)):
                 t0 = time.perf_counter()
-                first = db is None
                 res = ts.plan(bench.model, evaluate=bench.val, max_bytes=limit, calibration=bench.calib,
                               train=bench.b.train, val=bench.b.val, search="joint", database=db,
                               calibration_batches=len(bench.calib), finetune=bench.finetune if ft else 0,
@@ -304,8 +326,11 @@ def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine
                               refine=evals, progress=False)
                 secs = time.perf_counter() - t0
                 if first:
+                    first = False
+                    if db is None and db_path is not None:
+                        torch.save(res.database, db_path)
                     db = res.database
-                    out["database_seconds"] = res.seconds["database"]
+                    out["database_seconds"] = db.seconds  # the build's own time, cached or not
                     out["database_options"] = sum(len(v) for v in db.rows.values())
                     out["pareto"] = res.pareto
                     out["pareto_seconds"] = res.seconds["pareto"]
@@ -319,9 +344,12 @@ def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine
                     continue
                 split = {"database": res.seconds["database"], "solve": res.seconds.get("solve"),
                          "refine": res.seconds.get("refine"), "verify": res.seconds.get("verify")}
+                # every verified plan: the cost model's prediction, its file, its validation metric
+                tried = [{"predicted_bytes": c.predicted.get("bytes"), "file_bytes": c.file_bytes,
+                          "val_accuracy": c.metric, "meets_budget": c.meets_budget}
+                         for c in res.candidates if c.name.startswith("joint")]
                 slot[key] = {"fits": True, **bench.row(variant, res.model, secs, seconds_split=split,
-                                                       tries=len([c for c in res.candidates
-                                                                  if c.name.startswith("joint")]),
+                                                       tries=len(tried), tries_detail=tried,
                                                        per_layer=res.per_layer, refinements=res.refinements,
                                                        recipe=res.recipe.to_dict() if res.recipe else None)}
     return out
@@ -335,10 +363,13 @@ def model_section(name: str, quick: bool, cache: Path, finetune: int, lr: float,
     out: dict[str, Any] = {"fp32_file_bytes": bench.base_bytes, "fp32_test_accuracy": bench.test(bench.model),
                            "fp32_val_accuracy": bench.val(bench.model), "budgets_bytes": limits}
     print(f"{name}: fp32 {bench.base_bytes:,} bytes, test {out['fp32_test_accuracy']:.2f}%", flush=True)
-    for part, fn in (("joint", lambda: joint_rows(bench, limits, plots / f"plan_pareto_{name}.png", refine)),
+    for part, fn in (("joint", lambda: joint_rows(bench, limits, plots / f"plan_pareto_{name}.png", refine,
+                                                  cache)),
                      ("uniform", lambda: uniform_rows(bench, name, limits)),
                      ("menu", lambda: menu_rows(bench, limits)),
                      ("nncf", lambda: nncf_rows(bench, limits))):
+        if part not in PARTS:
+            continue
         t0 = time.perf_counter()
         out[part] = fn()
         out[f"{part}_seconds"] = time.perf_counter() - t0
@@ -551,7 +582,7 @@ FT_EPOCHS = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    global FT_EPOCHS
+    global FT_EPOCHS, GPT_STEPS, PARTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2-epoch baselines, lenet300 only")
     ap.add_argument("--models", nargs="*", default=None)
@@ -565,21 +596,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="write the JSON and table from the finished parts only")
     ap.add_argument("--jobs", type=int, default=1, help="sections (models, latency cases) run in this many processes")
     ap.add_argument("--refine", type=int, default=12, help="validation evaluations of the local search row")
+    ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=ALL_PARTS,
+                    help="row groups of each model section to run, with --jobs 1 (the others are left out "
+                    "of the JSON)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "plan.json"))
     args = ap.parse_args(argv)
-    global GPT_STEPS
+    PARTS = tuple(args.parts)
     FT_EPOCHS = args.finetune
     EPOCHS.update({k: int(v) for k, v in (e.split("=", 1) for e in args.epochs)})
     GPT_STEPS = args.gpt_steps
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    models = args.models or (["lenet300"] if args.quick else list(MODELS))
+    # --models with no names: no model section (the latency cases alone)
+    models = args.models if args.models is not None else (["lenet300"] if args.quick else list(MODELS))
     t0 = time.perf_counter()
     plots = Path(args.out).parent if args.quick else ROOT / "docs"
     plots.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     cache = Path(args.cache)
-    parts = cache / ("parts_quick" if args.quick else "parts")
+    parts = cache / (("parts_quick" if args.quick else "parts") + ("" if set(PARTS) == set(ALL_PARTS) else
+                                                                   "_" + "_".join(PARTS)))
     lat_cases = [] if args.skip_latency else (["resnet_small"] if args.quick else ["resnet_small", "gpt_tiny"])
     jobs: list[tuple[str, str]] = [("model", m) for m in models] + [("latency", c) for c in lat_cases]
     if args.merge:
@@ -625,8 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         out["protocol"]["jobs"] = args.jobs
     out["seconds"] = time.perf_counter() - t0
     out["protocol"]["loadavg_end"] = os.getloadavg()
+    out["protocol"]["parts"] = list(PARTS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
+    if set(PARTS) != set(ALL_PARTS):  # the table needs every group; the JSON has what ran
+        print(f"wrote {args.out} ({out['seconds']:.0f} s; parts {', '.join(PARTS)})")
+        return 0
     print(table(["model", "budget", "fine-tune", "fp32 %", "joint %", "joint+refine %", "best uniform %", "menu %",
                  "nncf"],
                 summary(results), title="test accuracy on files read back (mnist5k)"))

@@ -4,8 +4,8 @@ Two searches:
 - "menu" (the default): run a short menu of whole-model recipes (`menu.py`), keep the best in budget;
 - "joint": per layer, measure options across the families (sparsity, bit widths, k-means
   sharing, SVD ranks and stacks; `options.py`), choose one per layer by a dynamic program
-  under the budgets (`allocate.py`), then apply, save, reload and measure the file, tightening
-  the budget where it misses (`joint.py`).
+  under the budgets (`allocate.py`), then apply, save, reload and measure the file, and solve
+  again on the costs that file corrected (`calibrate.py`, `joint.py`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@
    what the rest of the model costs (`fixed_*` in the database);
 3. apply the choice as a recipe (one stage per family, per-layer settings; `compress`), fine-tune
    it when asked, save it to a temporary file, load it back and measure the file's bytes, the
-   metric (and latency) on what was read back. Where the file misses the budget the budget is
-   tightened by the miss and the plan solved again (`retries` times);
+   metric (and latency) on what was read back. Each verified file corrects the cost model
+   (`calibrate.py`: the layers' bytes as saved, the real fixed part, latency's scale) and the
+   plan is solved again under the same limits (`retries` times): a plan that missed is priced
+   at what it took, a plan with bytes to spare makes room for a better one; the best plan that
+   meets the budget on its file (validation metric) is kept;
 4. sweep the byte budget (and the latency budget, where one is set) to draw the Pareto fronts
    of predicted error, verifying a few points (`PlanResult.plot_pareto`).
 """
@@ -25,6 +28,7 @@ from torch import nn
 
 from torchshrink.errors import ConfigError
 from torchshrink.plan.allocate import Allocation, allocate
+from torchshrink.plan.calibrate import Calibration
 from torchshrink.plan.options import LayerOption, OptionDatabase, build_database, stage_configs
 from torchshrink.plan.result import Candidate, PlanResult
 from torchshrink.progress import progress_bar
@@ -190,10 +194,11 @@ def plan_joint(
     errors = db.errors(error)
     costs = {k: db.costs(k) for k in {"bytes", *limits_set}}
     fixed = {"bytes": float(db.fixed_bytes), "macs": float(db.fixed_macs), "latency_ms": db.fixed_latency_ms or 0.0}
+    # the costs each verified file corrects (calibrate.py); the database keeps its own
+    cal = Calibration.start(db.layers, costs, fixed)
 
     def solve(budgets: dict[str, float]) -> Allocation:
-        layer_budgets = {k: max(0.0, v - fixed[k]) for k, v in budgets.items()}
-        return allocate(errors, costs, layer_budgets, resolution=resolution)
+        return allocate(errors, cal.costs, cal.layer_budgets(budgets), resolution=resolution)
 
     def choice_of(a: Allocation) -> dict[str, LayerOption]:
         return {n: db.rows[n][j].option for n, j in zip(db.layers, a.choice)}
@@ -216,8 +221,7 @@ def plan_joint(
                          progress=False, measure_file=False).model
             return float(evaluate(m))
 
-        layer_budgets = {k: max(0.0, v - fixed[k]) for k, v in budgets.items()}
-        r = local_search(a.choice, errors, costs, layer_budgets, score, evaluations=refine_left)
+        r = local_search(a.choice, errors, cal.costs, cal.layer_budgets(budgets), score, evaluations=refine_left)
         refine_left -= len(r.history) + 1
         refinements.append({"start_metric": r.start_metric, "metric": r.metric, "evaluations": len(r.history) + 1,
                             "moves": [{"changed": {db.layers[i]: db.rows[db.layers[i]][j].option.name
@@ -226,53 +230,58 @@ def plan_joint(
         if r.choice == a.choice:
             return a
         err = float(sum(errors[i][j] for i, j in enumerate(r.choice)))
-        tot = {k: float(sum(c[i][j] for i, j in enumerate(r.choice))) for k, c in costs.items()}
+        tot = {k: float(sum(c[i][j] for i, j in enumerate(r.choice))) for k, c in cal.costs.items()}
         return Allocation(r.choice, err, tot, True, a.method + "+local search")
 
     ft = FineTune(epochs=finetune, lr=finetune_lr) if finetune else None
     t0 = time.perf_counter()
-    budgets = dict(limits_set)
     attempts: list[Candidate] = []
     best: Candidate | None = None
     best_model: nn.Module | None = None
     chosen: Allocation | None = None
+    seen: set[tuple[int, ...]] = set()
     bar = progress_bar(retries + 1, "plan: solve and verify", progress)
     solve_s = refine_s = 0.0
     for attempt in range(retries + 1):
+        # Every solve is under the limits themselves, on the costs the files so far corrected:
+        # a plan that missed is priced at what it really took and is not chosen again; a plan
+        # that fit with bytes to spare may make room for a better one (bytes and MACs are
+        # deterministic; a latency budget is not chased upwards through timing noise).
         t1 = time.perf_counter()
-        alloc = solve(budgets)
+        alloc = solve(limits_set)
         solve_s += time.perf_counter() - t1
+        if attempt and (tuple(alloc.choice) in seen or not alloc.feasible or (
+                best is not None and best.meets_budget and chosen is not None
+                and alloc.error >= chosen.error - 1e-12 * max(1.0, abs(chosen.error)))):
+            break  # nothing new to verify: the corrected costs lead back to a measured plan
+        seen.add(tuple(alloc.choice))
         t1 = time.perf_counter()
-        alloc = refined(alloc, budgets)
+        alloc = refined(alloc, limits_set)
         refine_s += time.perf_counter() - t1
+        seen.add(tuple(alloc.choice))
         choice = choice_of(alloc)
+        predicted = {k: cal.predicted(k, alloc.choice) for k in cal.costs}
         if all(o == LayerOption() for o in choice.values()):
             cand, m = copy.deepcopy(base), copy.deepcopy(model)
             cand.name, recipe = "as is (meets the budget)", None
         else:
             recipe = plan_recipe(choice, finetune=ft, name="joint_plan")
             cand, m = verify(recipe, f"joint plan, try {attempt + 1}")
+        cand.predicted = predicted
         real = {"bytes": float(cand.file_bytes or 0), "latency_ms": cand.latency_ms,
-                "macs": float(fixed["macs"] + alloc.costs.get("macs", sum(db.costs("macs")[i][j]
-                                                                          for i, j in enumerate(alloc.choice))))}
-        cand.meets_budget = alloc.feasible and all(real[k] is not None and real[k] <= v  # type: ignore[operator]
-                                                   for k, v in limits_set.items())
+                "macs": cal.predicted("macs", alloc.choice) if "macs" in cal.costs else None}
+        # measured, not predicted: a plan the database prices over the limit may fit on its file
+        cand.meets_budget = all(real[k] is not None and real[k] <= v  # type: ignore[operator]
+                                for k, v in limits_set.items())
         attempts.append(cand)
         if best is None or (cand.meets_budget, cand.metric) > (best.meets_budget, best.metric):
             best, best_model, chosen = cand, m, alloc
         if bar is not None:
             bar.update(1)
-        if cand.meets_budget or not alloc.feasible:
+        cal.observe(alloc.choice, m, cand.file_bytes, cand.latency_ms,
+                    [db.rows[n][j].option.name for n, j in zip(db.layers, alloc.choice)])
+        if cand.meets_budget and "latency_ms" in limits_set:
             break
-        for k, v in limits_set.items():
-            got = real[k]
-            if got is None or got <= v:
-                continue
-            # The prediction missed by (got - predicted); ask the next solve for a prediction
-            # that much (and a little more) below the limit.
-            predicted = fixed[k] + alloc.costs[k]
-            budgets[k] = min(budgets[k], predicted) - (got - v) * 1.1 - 1 if k == "bytes" else \
-                min(budgets[k], predicted) * v / got * 0.98
     if bar is not None:
         bar.close()
     seconds["solve_and_verify"] = time.perf_counter() - t0
@@ -282,15 +291,15 @@ def plan_joint(
     assert best is not None and chosen is not None
 
     t0 = time.perf_counter()
-    pareto = _pareto(db, solve, choice_of, verify, fixed["bytes"], base.file_bytes or 0, limits["bytes"],
+    pareto = _pareto(cal, solve, choice_of, verify, base.file_bytes or 0, limits["bytes"],
                      pareto_points, verify_points, progress)
     if need_latency:  # the latency-vs-metric front too
-        pareto += _pareto(db, solve, choice_of, verify, fixed["latency_ms"], base.latency_ms or 0.0,
+        pareto += _pareto(cal, solve, choice_of, verify, base.latency_ms or 0.0,
                           limits["latency_ms"], pareto_points, verify_points, progress, axis="latency_ms")
     seconds["pareto"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     final_choice = choice_of(chosen)
-    per_layer = _per_layer(db, chosen, errors)
+    per_layer = _per_layer(db, chosen, errors, cal)
     recipe = None if all(o == LayerOption() for o in final_choice.values()) else \
         plan_recipe(final_choice, finetune=ft, name="joint_plan")
     result = PlanResult(base, attempts + [p["candidate"] for p in pareto if p.get("candidate") is not None],
@@ -299,31 +308,35 @@ def plan_joint(
                          "max_macs": limits["macs"]},
                         search="joint", per_layer=per_layer,
                         pareto=[{k: v for k, v in p.items() if k != "candidate"} for p in pareto],
-                        recipe=recipe, seconds=seconds, database=db, refinements=refinements)
+                        recipe=recipe, seconds=seconds, database=db, refinements=refinements,
+                        calibration=cal.log)
     return result
 
 
-def _per_layer(db: OptionDatabase, a: Allocation, errors: list[list[float]]) -> list[dict[str, Any]]:
-    rows = [(n, db.rows[n][j], errors[i][j]) for i, (n, j) in enumerate(zip(db.layers, a.choice))]
-    total_b = sum(r.bytes for _, r, _ in rows) or 1
-    total_e = sum(e for _, _, e in rows) or 1.0
-    return [{"layer": n, "option": r.option.name, "family": r.option.family, "bytes": r.bytes,
+def _per_layer(db: OptionDatabase, a: Allocation, errors: list[list[float]], cal: Calibration) -> list[dict[str, Any]]:
+    # bytes: what the layer took in the saved model where this plan was verified (calibrate.py),
+    # else the database's price; database_bytes: the database's price
+    rows = [(n, db.rows[n][j], errors[i][j], cal.costs["bytes"][i][j]) for i, (n, j) in
+            enumerate(zip(db.layers, a.choice))]
+    total_b = sum(b for *_, b in rows) or 1
+    total_e = sum(e for _, _, e, _ in rows) or 1.0
+    return [{"layer": n, "option": r.option.name, "family": r.option.family, "bytes": b, "database_bytes": r.bytes,
              "error": e, "output_error": r.error, "macs": r.macs, "latency_ms": r.latency_ms,
-             "bytes_share": r.bytes / total_b, "error_share": e / total_e} for n, r, e in rows]
+             "bytes_share": b / total_b, "error_share": e / total_e} for n, r, e, b in rows]
 
 
-def _pareto(db: OptionDatabase, solve: Callable[[dict[str, float]], Allocation],
+def _pareto(cal: Calibration, solve: Callable[[dict[str, float]], Allocation],
             choice_of: Callable[[Allocation], dict[str, LayerOption]], verify: _Verifier,
-            fixed: float, base_cost: float, limit: float | None, points: int, verified: int,
+            base_cost: float, limit: float | None, points: int, verified: int,
             progress: bool, axis: str = "bytes") -> list[dict[str, Any]]:
     """Budgets on `axis` ("bytes" or "latency_ms") from the smallest plan to the fp32 model,
-    geometric; each solved by the DP, a few (evenly spread) applied and measured without
-    fine-tuning (file bytes, metric, and latency where the verifier times)."""
+    geometric; each solved by the DP (on the costs the verified plans corrected), a few (evenly
+    spread) applied and measured without fine-tuning (file bytes, metric, and latency where the
+    verifier times)."""
     if points < 1:
         return []
-    costs = db.costs(axis)
     # the smallest plan, with room for the DP's rounding up (one unit per layer)
-    lo = (fixed + sum(min(c) for c in costs)) * 1.02
+    lo = cal.predicted(axis, [min(range(len(c)), key=c.__getitem__) for c in cal.costs[axis]]) * 1.02
     hi = float(base_cost)
     grid = [lo * (hi / lo) ** (i / max(points - 1, 1)) for i in range(points)] if 0 < lo < hi else [hi]
     picks = set() if verified < 1 else {round(i * (len(grid) - 1) / max(verified - 1, 1))
@@ -332,7 +345,7 @@ def _pareto(db: OptionDatabase, solve: Callable[[dict[str, float]], Allocation],
     bar = progress_bar(len(picks), f"plan: pareto ({axis})", progress)
     for i, b in enumerate(grid):
         a = solve({axis: b})
-        row: dict[str, Any] = {"axis": axis, "budget": b, "predicted": fixed + a.costs[axis],
+        row: dict[str, Any] = {"axis": axis, "budget": b, "predicted": cal.predicted(axis, a.choice),
                                "predicted_error": a.error, "feasible": a.feasible,
                                "choice": {n: o.name for n, o in choice_of(a).items()},
                                "file_bytes": None, "latency_ms": None, "metric": None}

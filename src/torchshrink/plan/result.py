@@ -26,6 +26,8 @@ class Candidate:
     seconds: float = 0.0
     meets_budget: bool = False
     skipped: str | None = None
+    # joint search: the cost model's prediction for this plan before its file was measured
+    predicted: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,6 +50,8 @@ class PlanResult:
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     database: Any = None  # the option database, to solve another budget: plan(..., database=)
     refinements: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # local searches run
+    # per verified plan: predicted vs measured costs and the corrections made (plan.calibrate)
+    calibration: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"search": self.search, "baseline": self.baseline.to_dict(),
