@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["grid", "library", "quantizer", "perplexity", "vs fp32", "s", "peak RSS MiB", "RSS after imports"],
                 [[r["grid"], r["library"], r["quantizer"],
                   f"{r['perplexity']:.4f}" if "perplexity" in r else r.get("error", "")[:60],
-                  f"+{r['perplexity'] - fp32:.4f}" if "perplexity" in r else "-",
+                  f"{r['perplexity'] - fp32:+.4f}" if "perplexity" in r else "-",
                   f"{r['seconds']:.1f}" if "seconds" in r else "-",
                   f"{r['peak_rss_mib']:.0f}" if "peak_rss_mib" in r else "-",
                   f"{r['rss_after_imports_mib']:.0f}" if "rss_after_imports_mib" in r else "-"] for r in rows]))
