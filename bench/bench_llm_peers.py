@@ -132,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
     import torchshrink as ts
 
     base_rss = _rss_mib()
-    data = torch.load(Path(args.folder) / "bench_data.pt")
+    data = torch.load(Path(args.folder) / "bench_data.pt", weights_only=True)  # tensors and a str
     quantize = {"ours": _ours, "llmcompressor": _llmcompressor, "inc": _inc}[args.child]
     t = time.perf_counter()
     model = quantize(args.folder, data["calib"], args.algo, args.bits, args.group or None, args.act_order)

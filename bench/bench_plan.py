@@ -47,6 +47,7 @@ import torchshrink as ts  # noqa: E402
 from _common import table  # noqa: E402
 from torchshrink.cli.baseline import Baseline, baseline  # noqa: E402
 from torchshrink.config import Config  # noqa: E402
+from torchshrink.plan.options import OptionDatabase  # noqa: E402
 from torchshrink.recipe import FineTune, Recipe, Stage, compress  # noqa: E402
 
 BUDGETS = (30, 60)  # the file may be 1/30 and 1/60 of the fp32 file
@@ -300,7 +301,7 @@ def _db_cache(bench: Bench, cache: Path) -> Path:
     with tempfile.TemporaryDirectory() as d:
         ts.save(bench.model, os.path.join(d, "m.tsz"))
         h.update(Path(d, "m.tsz").read_bytes())
-    return cache / f"db_{bench.name}_{h.hexdigest()[:16]}.pt"
+    return cache / f"db_{bench.name}_{h.hexdigest()[:16]}.json"
 
 
 def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine: int,
@@ -311,7 +312,7 @@ def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine
     db = None
     db_path = _db_cache(bench, cache) if cache is not None else None
     if db_path is not None and db_path.exists():
-        db = torch.load(db_path, weights_only=False)
+        db = OptionDatabase.from_dict(json.loads(db_path.read_text()))
         out["database_cached"] = str(db_path)
     first = True
     for variant, evals in (("joint", 0), ("joint + refine", refine)):
@@ -328,7 +329,7 @@ def joint_rows(bench: Bench, limits: dict[int, float], plot: Path | None, refine
                 if first:
                     first = False
                     if db is None and db_path is not None:
-                        torch.save(res.database, db_path)
+                        db_path.write_text(json.dumps(res.database.to_dict()))
                     db = res.database
                     out["database_seconds"] = db.seconds  # the build's own time, cached or not
                     out["database_options"] = sum(len(v) for v in db.rows.values())

@@ -57,6 +57,16 @@ def test_database_rows_are_measured(setup: tuple) -> None:
     assert db.fixed_bytes + sum(db.rows[n][0].bytes for n in db.layers) == len(encode_model(model))
 
 
+def test_database_round_trips_through_plain_json(setup: tuple) -> None:
+    import json
+
+    from torchshrink.plan.options import OptionDatabase
+
+    db = setup[3]
+    again = OptionDatabase.from_dict(json.loads(json.dumps(db.to_dict())))
+    assert again == db
+
+
 def test_layer_bytes_predict_the_file(setup: tuple) -> None:
     model, calib, _, db = setup
     rows = {r.option.name: r for r in db.rows["fc1"]}

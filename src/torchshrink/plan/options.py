@@ -187,6 +187,17 @@ class OptionDatabase:
                 "fixed_macs": self.fixed_macs, "fixed_latency_ms": self.fixed_latency_ms,
                 "skipped": self.skipped, "seconds": self.seconds}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OptionDatabase:
+        """The database `to_dict` wrote (plain data: a cached database is read as JSON, never
+        unpickled)."""
+        fields = [f.name for f in dataclasses.fields(LayerOption)]
+        rows = {n: [OptionRow(LayerOption(**{k: r[k] for k in fields}), bytes=r["bytes"], error=r["error"],
+                              macs=r["macs"], model_error=r["model_error"], latency_ms=r["latency_ms"],
+                              seconds=r["seconds"]) for r in rs] for n, rs in d["layers"].items()}
+        return cls(list(d["layers"]), rows, d["base_file_bytes"], d["fixed_bytes"], d["fixed_macs"],
+                   d["fixed_latency_ms"], d["skipped"], d["seconds"])
+
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
