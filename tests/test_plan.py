@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,8 @@ from torchshrink.errors import ConfigError
 
 
 @pytest.fixture()
-def setup() -> tuple[nn.Module, torch.Tensor, object]:
+def setup() -> Iterator[tuple[nn.Module, torch.Tensor, object]]:
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = ts.models.create("lenet300").eval()
@@ -23,7 +26,8 @@ def setup() -> tuple[nn.Module, torch.Tensor, object]:
         with torch.no_grad():
             return -float((m.eval()(x) - ref).pow(2).mean())
 
-    return model, x, fidelity
+    yield model, x, fidelity
+    torch.set_num_threads(before)  # later test files run at the default again
 
 
 def test_best_is_the_highest_metric_within_the_byte_budget(setup: tuple) -> None:

@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,42 @@ def test_finetune_defaults_and_dict() -> None:
         FineTune.from_dict({"label_smoothing": 1.5})
     rec = Recipe.from_dict({"stages": [{"method": "kmeans_sharing", "bits": 3}]})
     assert rec.stages[0].config == ts.KMeansSharing(bits=3) and rec.stages[0].finetune is None
+
+
+def test_finetune_distill_is_checked() -> None:
+    ft = FineTune.from_dict({"distill": 0.5, "temperature": 2.0})
+    assert ft.distill == 0.5 and ft.to_dict()["distill"] == 0.5
+    with pytest.raises(ts.ConfigError, match=r"finetune.distill must be in \[0, 1\].*got 1.5"):
+        FineTune.from_dict({"distill": 1.5})
+    with pytest.raises(ts.ConfigError, match=r"finetune.temperature must be > 0, got 0"):
+        FineTune.from_dict({"distill": 0.5, "temperature": 0.0})
+
+
+def test_distilling_fine_tune_uses_the_incoming_model_as_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchshrink.distill as distill
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    before = copy.deepcopy(model)
+    data = [(torch.randn(16, 8), torch.randint(0, 4, (16,))) for _ in range(4)]
+    teachers: list[nn.Module] = []
+    real = distill.make_distill_loss
+
+    def spy(teacher: nn.Module, config: object = None, **kw: object) -> object:
+        teachers.append(teacher)
+        return real(teacher, config, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(distill, "make_distill_loss", spy)
+    rec = load_recipe({"stages": [
+        {"method": "magnitude_pruning", "sparsity": 0.5, "finetune": {"epochs": 1, "distill": 0.7}},
+        {"method": "kmeans_sharing", "bits": 3, "finetune": {"epochs": 1, "distill": 0.7}},
+    ]})
+    compress(model, rec, train=data, progress=False)
+    assert len(teachers) == 2 and teachers[0] is teachers[1]  # one frozen baseline for every stage
+    teacher = teachers[0]
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    x = torch.randn(5, 8)
+    assert torch.equal(teacher(x), before(x))  # the baseline, untouched by pruning and training
 
 
 def test_compress_needs_train_for_finetune() -> None:

@@ -37,7 +37,14 @@ __all__ = ["FineTune", "Stage", "Recipe", "StageResult", "CompressResult", "load
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FineTune:
-    """Training after a stage (arguments of `torchshrink.train.fit`)."""
+    """Training after a stage (arguments of `torchshrink.train.fit`).
+
+    distill: weight of a soft-target term distilled from the model as `compress` received it
+        (the uncompressed baseline; Hinton et al. 2015), 0 (default) for plain cross-entropy.
+        The rest of the loss is cross-entropy on the labels. Recovering from pruning and
+        weight sharing, the baseline's soft targets carry more than the labels alone.
+    temperature: of that soft-target term.
+    """
 
     epochs: int = 1
     lr: float = 1e-3
@@ -48,9 +55,16 @@ class FineTune:
     warmup_steps: int = 0
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         _check_types(self, "finetune")
+        if not 0 <= self.distill <= 1:
+            raise ConfigError(f"finetune.distill must be in [0, 1] (the weight of the soft-target term), "
+                              f"got {self.distill}")
+        if not self.temperature > 0:
+            raise ConfigError(f"finetune.temperature must be > 0, got {self.temperature}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"finetune.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.epochs < 1:
@@ -307,6 +321,15 @@ def _file_bytes(model: nn.Module) -> int:
     return len(encode_model(model))
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def compress(
     model: nn.Module,
     recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
@@ -339,6 +362,8 @@ def compress(
     if calibration is None:
         calibration = train
     baseline = float(evaluate(model)) if evaluate is not None else None
+    teacher = _frozen_copy(model) if any(s.finetune is not None and s.finetune.distill > 0 for s in rec.stages) \
+        else None
     results: list[StageResult] = []
     for i, stage in enumerate(rec.stages):
         t0 = time.perf_counter()
@@ -348,10 +373,16 @@ def compress(
         if stage.finetune is not None:
             assert train is not None
             ft = stage.finetune
+            loss: Any = None
+            if ft.distill > 0:
+                from torchshrink.distill import make_distill_loss
+
+                assert teacher is not None
+                loss = make_distill_loss(teacher, {"alpha": ft.distill, "temperature": ft.temperature})
             fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer,
                 weight_decay=ft.weight_decay, schedule=ft.schedule, max_steps=ft.max_steps,
                 warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, label_smoothing=ft.label_smoothing,
-                progress=progress,
+                loss=loss, callbacks=[loss] if loss is not None else (), progress=progress,
                 desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}")
         metric = float(evaluate(model)) if evaluate is not None else None
         nz, total = _weight_counts(model)

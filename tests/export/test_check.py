@@ -1,5 +1,5 @@
-"""The parity check's accuracy rule for quantized forms: 0.2 points, or one sample where the
-check set cannot resolve 0.2 points."""
+"""The parity check's rules for quantized forms: accuracy within 0.2 points, or one sample where
+the check set cannot resolve 0.2 points; top-1 agreement with near-ties counted as ties."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchshrink.export.check import compare
+from torchshrink.export.check import TIE_BAND, compare
 
 
 def _flipping(n_flipped: int) -> object:
@@ -38,3 +38,29 @@ def test_a_large_check_set_keeps_the_point_bound() -> None:
     batches = _batches(2000)  # 0.2 points = 4 samples
     assert compare(nn.Identity(), _flipping(4), batches, kind="quantized", runtime="fake").passed  # type: ignore[arg-type]
     assert not compare(nn.Identity(), _flipping(5), batches, kind="quantized", runtime="fake").passed  # type: ignore[arg-type]
+
+
+def _swap_top_two(gap: float) -> tuple[object, list[tuple[tuple[torch.Tensor, ...], None]]]:
+    """Logits whose top two classes lie `gap` (of the output scale, 10) apart, and a runner that
+    returns them with those two classes swapped in every row."""
+    logits = torch.zeros(64, 4)
+    logits[:, 0], logits[:, 1] = 10.0, 10.0 - gap * 10.0
+
+    def run(inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+        return [inputs[0][:, [1, 0, 2, 3]].numpy()]
+    return run, [((logits,), None)]
+
+
+def test_near_ties_count_as_agreement_for_quantized_forms_only() -> None:
+    run, batches = _swap_top_two(TIE_BAND / 2)
+    q = compare(nn.Identity(), run, batches, kind="quantized", runtime="fake")  # type: ignore[arg-type]
+    assert q.passed and q.top1_agreement == 100.0 and q.top1_strict == 0.0
+    assert "without counting near-ties" in q.summary()
+    f = compare(nn.Identity(), run, batches, kind="float", runtime="fake")  # type: ignore[arg-type]
+    assert f.top1_agreement == 0.0  # float forms report the strict argmax agreement
+
+
+def test_a_flip_between_classes_far_apart_still_fails() -> None:
+    run, batches = _swap_top_two(3 * TIE_BAND)
+    q = compare(nn.Identity(), run, batches, kind="quantized", runtime="fake")  # type: ignore[arg-type]
+    assert not q.passed and q.top1_agreement == 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ MENU = [LayerOption(sparsity=0.5), LayerOption(sparsity=0.9), LayerOption(bits=8
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[nn.Module, list[torch.Tensor], object, OptionDatabase]:
+def setup() -> Iterator[tuple[nn.Module, list[torch.Tensor], object, OptionDatabase]]:
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(),
@@ -37,7 +39,8 @@ def setup() -> tuple[nn.Module, list[torch.Tensor], object, OptionDatabase]:
             return -float((m.eval()(x) - ref).pow(2).mean())
 
     db = build_database(model, calib, options=lambda n, m: MENU, progress=False)
-    return model, calib, fidelity, db
+    yield model, calib, fidelity, db
+    torch.set_num_threads(before)  # later test files run at the default again
 
 
 def _file_bytes(model: nn.Module, db: OptionDatabase, choice: list[int], calib: list[torch.Tensor]) -> int:

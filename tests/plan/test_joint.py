@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def _menu(name: str, m: nn.Module) -> list[LayerOption]:
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[nn.Module, list[torch.Tensor], object]:
+def setup() -> Iterator[tuple[nn.Module, list[torch.Tensor], object]]:
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = ts.models.create("lenet300").eval()
@@ -39,7 +41,8 @@ def setup() -> tuple[nn.Module, list[torch.Tensor], object]:
 
     # one database for the tests that only solve on it (measuring it is most of their time)
     db = build_database(model, calib, options=_menu, model_error=True, progress=False)
-    return model, calib, fidelity, db
+    yield model, calib, fidelity, db
+    torch.set_num_threads(before)  # later test files run at the default again
 
 
 def test_database_rows_are_measured(setup: tuple) -> None:

@@ -42,9 +42,43 @@ def test_static_int8_real_kernels_and_accuracy(trained: nn.Module, synthetic_loa
                     calibration=synthetic_loaders[0], progress=False)
     layers = {n: m for n, m in q.named_modules() if isinstance(m, StaticInt8Layer)}
     assert set(layers) == {"conv", "fc1", "fc2"}
-    assert all(m.real and m.execution.startswith("int8 kernel") for m in layers.values())
+    # fc2 produces the logits: float output (see the next test); the others run the int8 kernel
+    assert all(m.real and m.execution.startswith("int8 kernel") for n, m in layers.items() if n != "fc2")
     assert isinstance(q.bn, nn.Identity)  # folded before quantizing
     assert abs(_acc(q, synthetic_loaders) - base) <= 1.0
+
+
+def test_the_layer_producing_the_model_output_keeps_a_float_output(tmp_path: object) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    data = [(torch.randn(32, 16), torch.zeros(32, dtype=torch.long)) for _ in range(4)]
+    q = ts.quantize(copy.deepcopy(model), ts.StaticInt8(calibration_batches=4), calibration=data, progress=False)
+    first, last = q[0], q[2]
+    assert isinstance(first, StaticInt8Layer) and isinstance(last, StaticInt8Layer)
+    assert not first.float_output and first.real
+    assert last.float_output and "float output" in last.execution
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        y = q(x)
+        # exactly the int8 input grid times the int8 weight grid, not rounded to an output grid
+        h = q[1](first(x))
+        expect = torch.nn.functional.linear(last._fq(h, "in"), last.weight, last.bias)
+    assert torch.allclose(y, expect, atol=1e-6)
+    steps = y / last.out_scale
+    assert not torch.allclose(steps, steps.round(), atol=1e-3)  # off the output grid
+    path = f"{tmp_path}/q.tsz"
+    ts.save(q, path)
+    back = ts.load(path, like=nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)))
+    assert back[2].float_output and not back[0].float_output
+    assert torch.equal(back(x), y)
+
+
+def test_a_layer_followed_by_more_computation_keeps_its_output_grid() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.LogSoftmax(-1)).eval()
+    data = [(torch.randn(32, 16), torch.zeros(32, dtype=torch.long)) for _ in range(2)]
+    q = ts.quantize(model, ts.StaticInt8(calibration_batches=2), calibration=data, progress=False)
+    assert isinstance(q[0], StaticInt8Layer) and not q[0].float_output
 
 
 @pytest.mark.parametrize("observer", ["minmax", "moving_average", "percentile", "mse", "entropy"])

@@ -225,6 +225,11 @@ def edge_prepare(model: nn.Module, *, fold_weights: bool) -> EdgePrepared:
         if kind == "int8_static" and getattr(mod, "act_bits", 8) == 8:
             assert rule is not None
             new = _to_pt2e(rule.convert(mod), fold_weights)
+            if getattr(mod, "float_output", False):
+                # The edge delegates only lower fully quantized layers; a float output is the
+                # float layer on the int8 weight grid, fed the quantized input.
+                assert isinstance(new, _PT2EWeights) and new.input_qdq is not None
+                new = nn.Sequential(new.input_qdq, _float_twin(mod))
             quantized = True
         elif kind is not None and kind != "int8_static":
             new = _float_twin(mod)

@@ -119,7 +119,8 @@ def _quant_rules() -> None:
             # with the int8 weight grid (the activation rounding at 16 bits is negligible).
             return _conv_like(op, m.weight, bias)
         inp = QuantDequant(float(m.in_scale), int(m.in_zero_point), signed=False)
-        out = QuantDequant(float(m.out_scale), int(m.out_zero_point), signed=False)
+        out = None if getattr(m, "float_output", False) else \
+            QuantDequant(float(m.out_scale), int(m.out_zero_point), signed=False)
         if op["kind"] == "linear":
             return QDQLinear(w_q, w_scale, bias, input_qdq=inp, output_qdq=out)
         if op["kind"] == "conv2d":

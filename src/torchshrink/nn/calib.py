@@ -30,7 +30,8 @@ from torchshrink.errors import ConfigError
 from torchshrink.nn.blocks import find_blocks, hidden_of, with_hidden, without_caches
 from torchshrink.nn.surgery import get_module, set_module
 
-__all__ = ["InputStats", "input_features", "collect_stats", "calibrate_sequentially", "Propagate"]
+__all__ = ["InputStats", "input_features", "collect_stats", "calibrate_sequentially", "track_output_layers",
+           "Propagate"]
 
 Propagate = Literal["compressed", "original"]
 # compress({layer: stats}) compresses (or swaps, through set_module) the layers it is given.
@@ -97,6 +98,50 @@ class InputStats:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.add(module, args[0])
+
+
+def _tensors(y: Any) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):  # also Hugging Face ModelOutput
+        return [t for v in y.values() for t in _tensors(v)]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _tensors(v)]
+    return []
+
+
+@contextlib.contextmanager
+def track_output_layers(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iterator[set[str]]:
+    """Within the block, the first forward of `model` records which of `layers` produced a model
+    output (that tensor or a view of it, e.g. classifier logits or a language model's head) into
+    the yielded set. The layer outputs of that one forward are held until it returns, so no
+    storage is freed and reused under a later tensor whose address would then match falsely."""
+    found: set[str] = set()
+    made: list[tuple[torch.Tensor, str]] = []
+    done = [False]
+
+    def remember(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if not done[0] and isinstance(out, torch.Tensor):
+                made.append((out, name))
+        return hook
+
+    def at_output(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if done[0]:
+            return
+        ptrs = {t.untyped_storage().data_ptr() for t in _tensors(out) if t.numel()}
+        found.update(n for t, n in made if t.numel() and t.untyped_storage().data_ptr() in ptrs)
+        made.clear()
+        done[0] = True
+
+    handles = [m.register_forward_hook(remember(n)) for n, m in layers]
+    handles.append(model.register_forward_hook(at_output))
+    try:
+        yield found
+    finally:
+        made.clear()
+        for h in handles:
+            h.remove()
 
 
 class _Stop(Exception):

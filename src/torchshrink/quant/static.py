@@ -7,6 +7,12 @@ Each quantized layer takes float input, quantizes it with its calibrated input g
 affine), runs the int8 kernel whose output lands on the calibrated output grid, and
 dequantizes, so the model is still called with float tensors. BatchNorm is folded into the
 preceding convolution first.
+
+A layer whose output is the model's output (a classifier's logits) keeps that output in float:
+its int8 input and weights are multiplied exactly and the result is not rounded to an output
+grid. Rounding logits to 255 (or, without VNNI, 127) levels creates exact ties between the top
+classes, which then break differently in every runtime; a float output costs one rounding step
+less accuracy and nothing measurable in time for a classifier head.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torchshrink.codec.structure import register_module
 from torchshrink.config import Config, check
 from torchshrink.errors import ConfigError
 from torchshrink.nn import params, select_layers, set_module
+from torchshrink.nn.calib import track_output_layers
 from torchshrink.quant.cpu import has_vnni
 from torchshrink.quant.dynamic import PackedCache, qweight
 from torchshrink.quant.fake import fake_quantize, shares_values
@@ -48,9 +55,11 @@ class StaticInt8Layer(PackedCache):
     out_scale: torch.Tensor
     out_zero_point: torch.Tensor
 
-    def __init__(self, op: LayerOp, *, bias: bool, act_bits: int = 8, per_channel: bool = True) -> None:
+    def __init__(self, op: LayerOp, *, bias: bool, act_bits: int = 8, per_channel: bool = True,
+                 float_output: bool = False) -> None:
         super().__init__()
         self.op, self.act_bits, self.per_channel = dict(op), act_bits, per_channel
+        self.float_output = float_output
         shape = weight_shape(op)
         self.register_buffer("weight_int8", torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(shape[0] if per_channel else 1))
@@ -61,10 +70,12 @@ class StaticInt8Layer(PackedCache):
 
     @property
     def real(self) -> bool:
-        return self.op["kind"] in _REAL_KINDS and self.act_bits == 8
+        return self.op["kind"] in _REAL_KINDS and self.act_bits == 8 and not self.float_output
 
     @property
     def execution(self) -> str:
+        if self.float_output:
+            return f"int8 grids, float output (exact product of int{self.act_bits} input and int8 weights)"
         if self.real:
             return f"int8 kernel (quantized::{self.op['kind']}, {torch.backends.quantized.engine})"
         return f"fake-quant (simulated int8 weights, int{self.act_bits} activations)"
@@ -108,7 +119,7 @@ class StaticInt8Layer(PackedCache):
             return y if dtype == torch.float32 else y.to(dtype)
         x = self._fq(x.float(), "in")
         y = run_op(self.op, x, self.weight, self.bias)
-        return self._fq(y, "out").to(dtype)
+        return (y if self.float_output else self._fq(y, "out")).to(dtype)
 
     def ts_effective_weights(self) -> dict[str, torch.Tensor]:
         out = {"weight": self.weight}
@@ -118,15 +129,15 @@ class StaticInt8Layer(PackedCache):
 
     def extra_repr(self) -> str:
         return f"{self.op['kind']}, shape={tuple(self.weight_int8.shape)}, act_bits={self.act_bits}, " \
-               f"execution={self.execution!r}"
+               f"float_output={self.float_output}, execution={self.execution!r}"
 
 
 register_module(
     StaticInt8Layer,
     to_spec=lambda m: {"op": m.op, "bias": m.bias is not None, "act_bits": m.act_bits,
-                       "per_channel": m.per_channel},
+                       "per_channel": m.per_channel, "float_output": m.float_output},
     from_spec=lambda s: StaticInt8Layer(s["op"], bias=s["bias"], act_bits=s["act_bits"],
-                                        per_channel=s["per_channel"]),
+                                        per_channel=s["per_channel"], float_output=s.get("float_output", False)),
     name="StaticInt8Layer",
 )
 
@@ -152,15 +163,16 @@ def apply_static_int8(model: nn.Module, config: StaticInt8, ctx: Context) -> nn.
             observers[name][1].observe(out)
         handles.append(m.register_forward_hook(hook))
     try:
-        calibrate(model, ctx.calibration, expected=expected_input_shape(model, ctx.example),
-                  limit=config.calibration_batches, progress=ctx.progress, desc="calibrate StaticInt8")
+        with track_output_layers(model, layers) as output_layers:
+            calibrate(model, ctx.calibration, expected=expected_input_shape(model, ctx.example),
+                      limit=config.calibration_batches, progress=ctx.progress, desc="calibrate StaticInt8")
     finally:
         for h in handles:
             h.remove()
     for name, m in layers:
         per_channel = not shares_values(params.chain(m))
         q = StaticInt8Layer(ops[name], bias=m.bias is not None, act_bits=config.activation_bits,
-                            per_channel=per_channel)
+                            per_channel=per_channel, float_output=name in output_layers)
         load_int8_weights(q, m, per_channel)
         for which, obs in zip(("in", "out"), observers[name]):
             s, z = obs.qparams(eff_bits, symmetric=False)
