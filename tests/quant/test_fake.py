@@ -104,3 +104,19 @@ def test_configs_round_trip_through_plain_data(config: ts.Config) -> None:
     import json
 
     assert ts.Config.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_quantize_codes_in_slices_matches_one_expression(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchshrink.quant.fake as fake
+
+    torch.manual_seed(0)
+    rows = torch.randn(37, 64) * 3
+    for symmetric in (True, False):
+        scale, zero = fake.grid_params(rows, 4, symmetric)
+        qmin, qmax = fake.qrange(4, symmetric)
+        expect = (torch.clamp((rows / scale).round() + zero, qmin, qmax) - qmin).to(torch.int16)
+        monkeypatch.setattr(fake, "_CODES_SLICE_ELEMENTS", 64 * 5)  # 5 rows per slice, a ragged last one
+        assert torch.equal(fake.quantize_codes(rows, scale, zero, 4, symmetric), expect)
+        one = torch.tensor(0.25)
+        assert torch.equal(fake.quantize_codes(rows, one, torch.tensor(0.0), 8, True),
+                           (torch.clamp((rows / one).round(), -128, 127) + 128).to(torch.int16))

@@ -158,3 +158,18 @@ def test_cast_keeps_float32_interface(dtype: str, trained: nn.Module, synthetic_
     x = torch.randn(3, 1, 28, 28)
     assert q(x).dtype == torch.float32
     assert sqnr_db(ref(x), q(x)) > 25
+
+
+@pytest.mark.parametrize(("bits", "group", "symmetric"), [(4, 16, True), (3, None, False), (8, None, True), (2, 32, False)])
+def test_quantized_embedding_dequantizes_only_the_rows_it_looks_up(bits: int, group: int | None,
+                                                                    symmetric: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(1000, 64))
+    q = ts.quantize(model, ts.WeightOnly(bits=bits, group_size=group, symmetric=symmetric))
+    layer = q[0]
+    from torchshrink.quant.lookup import rows_addressable
+
+    assert isinstance(layer, WeightOnlyLayer) and rows_addressable(layer)
+    ids = torch.randint(0, 1000, (3, 7))
+    table = layer.dequantized_weight()
+    assert torch.equal(layer(ids), torch.nn.functional.embedding(ids, table))  # bit for bit

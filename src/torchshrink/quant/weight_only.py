@@ -51,6 +51,7 @@ from torchshrink.quant.layers import (
     weight_of,
     weight_shape,
 )
+from torchshrink.quant.lookup import lookup_rows, rows_addressable
 from torchshrink.quant.packing import pack, packed_bytes, unpack
 from torchshrink.registry import Context, register
 
@@ -102,8 +103,7 @@ class WeightOnlyLayer(nn.Module):
         return f"bit-packed int{self.bits} dequant-on-the-fly"
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
-        # In slices (a whole number of bytes each): packing widens codes to int32, which for an
-        # LM head would briefly cost several times its float weight.
+        # In slices of whole bytes: packing widens codes to int32 (an LM head: several x its weight).
         flat = codes.reshape(-1)
         step = PACK_SLICE
         for i in range(0, flat.numel(), step):
@@ -156,6 +156,8 @@ class WeightOnlyLayer(nn.Module):
             return y.reshape(*x.shape[:-1], n)
         if self._per_row_int8(x):
             return self._int8_rows(x)
+        if rows_addressable(self):
+            return lookup_rows(self, x)
         dt = compute_dtype(x, self.scale)
         w = self.dequantized_weight().to(dt)
         b = None if self.bias is None else self.bias.to(dt)
