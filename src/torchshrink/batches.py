@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TARGET_KEYS", "split_batch", "call_model", "unwrap_batch", "to_device", "iter_calibration",
+__all__ = ["TARGET_KEYS", "split_batch", "call_model", "unwrap_batch", "output_tensors", "to_device", "iter_calibration",
            "logits_of"]
 
 # Keys that hold targets, not inputs; our own dict convention is {"input"/"x": ..., "label"/"y": ...}.
@@ -83,6 +83,21 @@ def logits_of(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def output_tensors(y: Any, *, strict: bool = True) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or tuples, lists and dicts of them, Hugging
+    Face's ModelOutput included), in order. A leaf that is no tensor raises TypeError, or with
+    strict=False is skipped."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in output_tensors(v, strict=strict)]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in output_tensors(v, strict=strict)]
+    if strict:
+        raise TypeError(f"model output must be tensors (or tuples/dicts of them), got {type(y).__name__}")
+    return []
 
 
 def to_device(x: Any, dev: torch.device, *, non_blocking: bool = False) -> Any:

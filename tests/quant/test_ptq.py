@@ -173,3 +173,16 @@ def test_quantized_embedding_dequantizes_only_the_rows_it_looks_up(bits: int, gr
     ids = torch.randint(0, 1000, (3, 7))
     table = layer.dequantized_weight()
     assert torch.equal(layer(ids), torch.nn.functional.embedding(ids, table))  # bit for bit
+
+
+def test_a_hugging_face_lm_head_is_found_as_the_output_layer() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=4, vocab_size=256, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    calib = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
+    q = ts.quantize(model, ts.StaticInt8(calibration_batches=2), calibration=calib, progress=False)
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, StaticInt8Layer)}
+    assert len(layers) == 15  # 7 linears per block x 2, and the head
+    assert [n for n, m in layers.items() if m.float_output] == ["lm_head"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchshrink.batches import unwrap_batch
+from torchshrink.batches import output_tensors, unwrap_batch
 from torchshrink.errors import ShrinkError
 
 __all__ = [
@@ -155,16 +155,6 @@ def sample_batches(example: Any, *, data: Iterable[Any] | None = None, rows: int
     return out
 
 
-def _flat_outputs(y: Any) -> list[torch.Tensor]:
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _flat_outputs(v)]
-    if isinstance(y, dict):
-        return [t for v in y.values() for t in _flat_outputs(v)]
-    raise TypeError(f"model output must be tensors (or tuples/dicts of them), got {type(y).__name__}")
-
-
 @torch.no_grad()
 def compare(reference: nn.Module, runner: Runner, batches: Sequence[Batch], *, kind: Kind,
             runtime: str, tolerance: float | None = None) -> ParityReport:
@@ -178,7 +168,7 @@ def compare(reference: nn.Module, runner: Runner, batches: Sequence[Batch], *, k
     ref_dtype = torch.float32
     sizes: list[int] = []
     for inputs, labels in batches:
-        ref = _flat_outputs(reference(*inputs))
+        ref = output_tensors(reference(*inputs))
         got = runner(inputs)
         if len(got) != len(ref):
             raise ParityError(f"{runtime} returned {len(got)} outputs, PyTorch {len(ref)}")

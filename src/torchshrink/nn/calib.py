@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from torchshrink.batches import call_model, iter_calibration, to_device
+from torchshrink.batches import call_model, iter_calibration, output_tensors, to_device
 from torchshrink.errors import ConfigError
 from torchshrink.nn.blocks import find_blocks, hidden_of, with_hidden, without_caches
 from torchshrink.nn.surgery import get_module, set_module
@@ -100,16 +100,6 @@ class InputStats:
         self.add(module, args[0])
 
 
-def _tensors(y: Any) -> list[torch.Tensor]:
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):  # also Hugging Face ModelOutput
-        return [t for v in y.values() for t in _tensors(v)]
-    if isinstance(y, (tuple, list)):
-        return [t for v in y for t in _tensors(v)]
-    return []
-
-
 @contextlib.contextmanager
 def track_output_layers(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> Iterator[set[str]]:
     """Within the block, the first forward of `model` records which of `layers` produced a model
@@ -129,7 +119,7 @@ def track_output_layers(model: nn.Module, layers: Sequence[tuple[str, nn.Module]
     def at_output(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if done[0]:
             return
-        ptrs = {t.untyped_storage().data_ptr() for t in _tensors(out) if t.numel()}
+        ptrs = {t.untyped_storage().data_ptr() for t in output_tensors(out, strict=False) if t.numel()}
         found.update(n for t, n in made if t.numel() and t.untyped_storage().data_ptr() in ptrs)
         made.clear()
         done[0] = True

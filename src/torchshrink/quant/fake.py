@@ -210,7 +210,7 @@ def quantize_codes(rows: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
 
     Computed over slices of rows, in place on one float temporary per slice: written as one
     expression, an LM head or embedding table would hold several float copies of itself at
-    once (the 98 MB embedding of a 32k x 768 vocabulary raised the peak by about 250 MB)."""
+    once (quantizing a 12-layer Llama with a 98 MB 32k x 768 embedding peaked about 50 MB higher)."""
     qmin, qmax = qrange(bits, symmetric)
     rows = rows.detach()
     out = torch.empty(rows.shape, dtype=torch.int16, device=rows.device)
