@@ -18,7 +18,7 @@ PKG = SRC / "torchshrink"
 PLUMBING, NN, VERBS, FAMILY, TOP, CLI = range(6)
 RANKS: dict[str, int] = {
     "errors": PLUMBING, "config": PLUMBING, "registry": PLUMBING, "batches": PLUMBING, "distributed": PLUMBING,
-    "progress": PLUMBING, "_verb_module": PLUMBING, "_version": PLUMBING,
+    "progress": PLUMBING, "_verb_module": PLUMBING, "_version": PLUMBING, "native": PLUMBING,
     "nn": NN,
     "prune": FAMILY, "quant": FAMILY, "lowrank": FAMILY, "cluster": FAMILY, "distill": FAMILY,
     "codec": FAMILY, "measure": FAMILY, "data": FAMILY, "models": FAMILY, "train": FAMILY,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchshrink import native
 from torchshrink.infer import CompactSparseLinear, kernels
 from torchshrink.infer.forms import MAX_SPARSE_INPUTS
 
@@ -108,8 +109,8 @@ def test_layer_edge_cases_match_dense() -> None:
 
 
 def test_torch_fallback_without_a_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(kernels.shutil, "which", lambda _name: None)
-    monkeypatch.setattr(kernels, "_cache_dir", lambda: tmp_path)  # nothing built there
+    monkeypatch.setattr(native.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)  # nothing built there
     assert kernels._build.__wrapped__(()) is None
     monkeypatch.setattr(kernels, "_library", lambda: None)
     assert not kernels.available() and kernels.isa() == "none"

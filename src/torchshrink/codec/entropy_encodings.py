@@ -172,6 +172,19 @@ def desymbolize(symbols: np.ndarray, alphabet: np.ndarray | int, shape: tuple[in
     size = torch.empty((), dtype=dtype).element_size()
     twin, np_twin = _TWIN[size]
     info = np.iinfo(np_twin)
+    if (isinstance(alphabet, int) and symbols.dtype.kind == "u" and symbols.dtype.itemsize == size
+            and symbols.flags.writeable and symbols.flags.c_contiguous and symbols.size):
+        # Symbols already as wide as the values: map them in place (the caller hands over an
+        # array of its own), so a large tensor is never held twice while it is decoded.
+        top = int(symbols.max())
+        if alphabet < info.min or alphabet + top > info.max:
+            raise ValueError("decoded values do not fit the dtype")
+        result = symbols.view(np_twin)  # symbols < 2**(8*size-1), so the view keeps their values
+        if top >= 1 << (8 * size - 1) and info.min < 0:
+            raise ValueError("decoded values do not fit the dtype")
+        if alphabet:
+            result += np_twin(alphabet)
+        return _as_tensor(result, twin, dtype, shape)
     result = np.empty(symbols.size, dtype=np_twin)
     for i in range(0, symbols.size, _SLICE):
         s = symbols[i : i + _SLICE].astype(np.int64)
@@ -180,6 +193,10 @@ def desymbolize(symbols: np.ndarray, alphabet: np.ndarray | int, shape: tuple[in
             # 1-byte tensors go through uint8; anything else out of range is corruption.
             raise ValueError("decoded values do not fit the dtype")
         result[i : i + _SLICE] = vals
+    return _as_tensor(result, twin, dtype, shape)
+
+
+def _as_tensor(result: np.ndarray, twin: torch.dtype, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     out = torch.from_numpy(result).view(twin)
     if dtype != twin:
         out = out.view(dtype)
@@ -258,7 +275,7 @@ def _read_huffman(r: Reader, a: int, n: int, compact: bool = False) -> np.ndarra
     lengths = sparse.unpack_bits(r.raw((4 * a + 7) // 8), 4, a)
     chunks = huffman.chunks_for(n)
     chunk_bits = r.varints(chunks - 1, 1 << 40).tolist()
-    return huffman.decode(r.block(), lengths, n, chunk_bits)
+    return huffman.decode(r.block(), lengths, n, chunk_bits, compact=compact)
 
 
 class _DenseEncoding:

@@ -1,4 +1,5 @@
-"""Canonical, length-limited Huffman coding, vectorized with NumPy.
+"""Canonical, length-limited Huffman coding: compiled C where it builds (`codec.native`),
+else vectorized NumPy writing the same bytes.
 
 Code lengths come from the usual heap construction, limited to `MAX_LEN` bits by flattening the
 histogram when needed, and codes are canonical so only the lengths are stored. Encoding writes
@@ -12,6 +13,8 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+
+from torchshrink.codec import native
 
 __all__ = ["MAX_LEN", "code_lengths", "canonical_codes", "encode", "decode", "chunks_for"]
 
@@ -93,20 +96,24 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, list[int]]:
     equal chunks so the decoder can work on all of them at once."""
     s = np.ascontiguousarray(symbols, dtype=np.int64).ravel()
     lengths = np.asarray(lengths, dtype=np.int64)
-    if np.any(lengths[s] == 0):
-        raise ValueError("a symbol has no code")
     codes = canonical_codes(lengths)
-    bits, _ = _pack(s, lengths, codes)
     n = s.size
     chunks = chunks_for(n)
+    if native.enabled() and lengths.max(initial=0) <= MAX_LEN:
+        return native.huff_encode(symbols, lengths, codes, chunks)
+    if np.any(lengths[s] == 0):
+        raise ValueError("a symbol has no code")
+    bits, _ = _pack(s, lengths, codes)
     per = -(-n // chunks) if n else 0
     ln = lengths[s]
     chunk_bits = [int(ln[i * per : (i + 1) * per].sum()) for i in range(chunks - 1)]
     return np.packbits(bits).tobytes(), chunk_bits
 
 
-def decode(data: bytes | memoryview, lengths: np.ndarray, n: int, chunk_bits: list[int]) -> np.ndarray:
-    """Inverse of `encode`. Raises ValueError on a malformed stream."""
+def decode(data: bytes | memoryview, lengths: np.ndarray, n: int, chunk_bits: list[int], *,
+           compact: bool = False) -> np.ndarray:
+    """Inverse of `encode`: int64 symbols, or with compact=True (compiled path) the smallest
+    unsigned dtype that holds them. Raises ValueError on a malformed stream."""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -124,14 +131,17 @@ def decode(data: bytes | memoryview, lengths: np.ndarray, n: int, chunk_bits: li
         lo = int(codes[sym]) << (ml - ln)
         lut_sym[lo : lo + (1 << (ml - ln))] = sym
         lut_len[lo : lo + (1 << (ml - ln))] = ln
-    raw = np.frombuffer(data, dtype=np.uint8)
-    nbits = raw.size * 8
-    buf = np.concatenate([raw, np.zeros(4, np.uint8)]).astype(np.int64)
     chunks = chunks_for(n)
     if len(chunk_bits) != chunks - 1:
         raise ValueError("Huffman chunk table does not match the stream length")
     per = -(-n // chunks)
     pos = np.concatenate([[0], np.cumsum(np.asarray(chunk_bits, dtype=np.int64))])
+    if native.enabled():
+        out_dtype = np.int64 if not compact else np.uint8 if lengths.size <= 256 else np.uint16
+        return native.huff_decode(data, lut_sym, lut_len, ml, n, chunks, pos, out_dtype)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    nbits = raw.size * 8
+    buf = np.concatenate([raw, np.zeros(4, np.uint8)]).astype(np.int64)
     counts = np.array([max(0, min(per, n - i * per)) for i in range(chunks)])
     out = np.zeros(chunks * per, dtype=np.int64)
     win_mask = (1 << ml) - 1

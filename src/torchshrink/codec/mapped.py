@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from torchshrink.codec import pages
 from torchshrink.codec.fileformat import Located, TensorRecord, fail, locate
 from torchshrink.errors import ArtifactError
 
@@ -48,6 +49,7 @@ class MappedArtifact:
             raise ArtifactError(f"cannot read artifact {p!r}: {e}") from e
         self._buf = memoryview(self._mm) if self._mm is not None else memoryview(b"")
         self._base = _address(self._buf)
+        pages.register(id(self), self._base, self.size, self._drop)
         try:
             self.located: Located = locate(self._buf, p, self._checksum)
         except BaseException:
@@ -61,7 +63,8 @@ class MappedArtifact:
         self.close()
 
     def _drop(self, start: int, end: int) -> None:
-        """Give the pages of [start, end) back to the kernel (resident memory, not the data)."""
+        """Give the pages of [start, end) back to the kernel (resident memory, not the data:
+        a page still to be read is read again from the page cache)."""
         if self._mm is None or end <= start or not hasattr(self._mm, "madvise"):
             return
         page = mmap.PAGESIZE
@@ -95,6 +98,7 @@ class MappedArtifact:
             self._drop(r.start, r.start + r.nbytes)
 
     def close(self) -> None:
+        pages.unregister(id(self))
         with contextlib.suppress(BufferError):
             self._buf.release()
         if self._mm is not None:

@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import operator
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from torchshrink import native
 from torchshrink.infer.csr_source import SOURCE
 
 __all__ = ["BLOCK_COLUMNS", "MAX_TABLE", "BoundCsr", "available", "blocked_csr", "csr_matmul", "isa", "library_path"]
@@ -40,55 +35,19 @@ __all__ = ["BLOCK_COLUMNS", "MAX_TABLE", "BoundCsr", "available", "blocked_csr",
 BLOCK_COLUMNS = 4096
 MAX_TABLE = 256  # uint8 codebook indices
 
-# No -ffast-math: a shared library built with it sets flush-to-zero for the whole process on
-# load, changing every other float computation of the user's program. Reassociation alone is
-# what the scalar accumulators need to vectorize.
-_FLAGS = ("-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-          "-fno-math-errno", "-fPIC", "-shared", "-pthread")
-
-
-def _cache_dir() -> Path:
-    return Path(os.path.expanduser("~")) / ".cache" / "torchshrink" / "kernels"
-
-
-def _cpu_signature() -> str:
-    """The CPU the library is built for (-march=native): a cache shared between machines
-    must not hand one CPU's build to another."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
+_FLAGS = native.BASE_FLAGS
 
 
 def library_path(extra_flags: tuple[str, ...] = ()) -> Path:
-    key = "\0".join((SOURCE, *_FLAGS, *extra_flags, platform.machine(), _cpu_signature()))
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return _cache_dir() / f"csr_{digest}.so"
+    return native.library_path("csr", SOURCE, (*_FLAGS, *extra_flags))
 
 
 @functools.cache
 def _build(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The library compiled with `_FLAGS` plus `extra_flags` (tests pass e.g. -mno-avx512f
     to check the AVX2 and plain-C loops on a CPU that would otherwise take the AVX-512 one)."""
-    path = library_path(extra_flags)
-    if not path.exists():
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-        if cc is None:
-            return None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                src, out = Path(tmp) / "csr.c", Path(tmp) / "csr.so"
-                src.write_text(SOURCE)
-                cmd = [cc, *_FLAGS, *extra_flags, "-x", "c", str(src), "-o", str(out)]
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-                os.replace(out, path)  # atomic: a concurrent process sees the whole library or none
-        except (OSError, subprocess.SubprocessError):
-            return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+    lib = native.build("csr", SOURCE, (*_FLAGS, *extra_flags))
+    if lib is None:
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.ts_csr_f32.argtypes = [i64, i64, i64, p, p, p, p, p, p, i64]

@@ -42,8 +42,9 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("crow_indices", torch.zeros(out_features + 1, dtype=torch.int64))
-        self.register_buffer("col_indices", torch.zeros(nnz, dtype=torch.int64))
-        self.register_buffer("values", torch.zeros(nnz))
+        # Filled by from_linear or the loader; left untouched, they cost no memory meanwhile.
+        self.register_buffer("col_indices", torch.empty(nnz, dtype=torch.int64))
+        self.register_buffer("values", torch.empty(nnz))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod

@@ -80,15 +80,15 @@ class WeightOnlyLayer(nn.Module):
         self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
         self.group_size = group_size if granularity == "group" else None
         self.shape = weight_shape(op)
-        n = math.prod(self.shape)
         groups = num_groups(self.shape, granularity, self.group_size)
-        self.register_buffer("packed", torch.zeros(packed_bytes(n, bits), dtype=torch.uint8))
+        # Unwritten until set_codes/a tied lead/the loader fills it: a loader's skeleton touches no pages.
+        self.register_buffer("packed", torch.empty(packed_bytes(math.prod(self.shape), bits), dtype=torch.uint8))
         # Scales as float32: float16 would round the grid away from what QAT trained on.
         self.register_buffer("scale", torch.ones(groups, 1))
         self.register_buffer("zero_point", None if symmetric else torch.zeros(groups, 1, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(op["out"]) if bias else None)
         # AWQ: the codes encode W diag(s); the layer divides s back out of the weight's columns.
-        self.register_buffer("col_scale", torch.ones(n // self.shape[0]) if col_scale else None)
+        self.register_buffer("col_scale", torch.ones(math.prod(self.shape[1:])) if col_scale else None)
 
     @property
     def weight(self) -> torch.Tensor:
