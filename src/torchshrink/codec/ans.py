@@ -79,7 +79,9 @@ def _quantize(counts: np.ndarray, present: np.ndarray, total: int) -> np.ndarray
 
 def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
     """rANS-code `symbols` (ints in [0, len(freqs))) under quantized `freqs` (sum 2**PREC)."""
-    s = np.ascontiguousarray(symbols, dtype=np.int64).ravel()
+    s = np.asarray(symbols).ravel()
+    if s.dtype.kind not in "ui":
+        s = s.astype(np.int64)
     n = s.size
     f = np.asarray(freqs, dtype=np.uint64)
     if n == 0:
@@ -91,8 +93,9 @@ def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
     est = float((counts[nz] * (PREC - np.log2(f[nz].astype(np.float64)))).sum())
     lanes = lanes_for(n, est)
     if native.enabled():
-        states, words = native.rans_encode(symbols, f, lanes)
+        states, words = native.rans_encode(s, f, lanes)
         return bytes([lanes.bit_length() - 1]) + states.astype("<u4").tobytes() + words.astype("<u2").tobytes()
+    s = s.astype(np.int64)
     cum = np.concatenate([[0], np.cumsum(f)[:-1]]).astype(np.uint64)
     steps = -(-n // lanes)
     pad = steps * lanes - n

@@ -121,31 +121,48 @@ class Reader:
             raise ValueError("payload has trailing bytes")
 
 
-def _int_view(t: torch.Tensor) -> np.ndarray:
+_SLICE = 1 << 20  # symbols mapped back at a time, so no tensor-sized int64 array is made
+
+
+def _raw_view(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bit patterns as a flat read-only NumPy view (no copy when contiguous on CPU)."""
     twin, _ = _TWIN[t.element_size()]
     t = t.detach().cpu().contiguous()
-    v = t.view(twin) if t.dtype != twin else t
-    return v.reshape(-1).numpy().astype(np.int64)
+    v = (t.view(twin) if t.dtype != twin else t).reshape(-1).numpy().view()
+    v.flags.writeable = False
+    return v
+
+
+def _int_view(t: torch.Tensor) -> np.ndarray:
+    return _raw_view(t).astype(np.int64)
 
 
 def symbolize(t: torch.Tensor, w: Writer) -> tuple[np.ndarray, int] | None:
     """Map a tensor's bit patterns to symbols 0..A-1; write the alphabet to `w`.
 
-    Returns (symbols, A), or None when there are too many distinct values to pay off.
+    Returns (symbols, A), the symbols as uint8 (A <= 256) or uint16: a uint8 tensor whose
+    values start at 0 is its own symbol array, and no tensor-sized int64 copy is made. None
+    when there are too many distinct values to pay off.
     """
     if t.numel() == 0 or t.element_size() not in _TWIN:
         return None
-    v = _int_view(t)
+    v = _raw_view(t)
     lo, hi = int(v.min()), int(v.max())
     if hi - lo < MAX_ALPHABET:
         w.raw(b"\x00").svarint(lo).varint(hi - lo + 1)
-        return v - lo, hi - lo + 1
+        sd = np.dtype(np.uint8 if hi - lo < 256 else np.uint16)
+        if lo == 0 and v.dtype == sd:
+            return v, hi + 1
+        out = np.empty(v.size, dtype=sd)
+        for i in range(0, v.size, _SLICE):
+            out[i : i + _SLICE] = v[i : i + _SLICE].astype(np.int64) - lo
+        return out, hi - lo + 1
     uniq, inv = np.unique(v, return_inverse=True)
     if uniq.size > MAX_ALPHABET or uniq.size * 4 > v.size:
         return None
     _, np_twin = _TWIN[t.element_size()]
     w.raw(b"\x01").varint(uniq.size).raw(uniq.astype(np_twin).astype(np.dtype(np_twin).newbyteorder("<")).tobytes())
-    return inv.astype(np.int64), int(uniq.size)
+    return inv.reshape(-1).astype(np.uint16), int(uniq.size)
 
 
 def read_alphabet(r: Reader, dtype: torch.dtype) -> tuple[np.ndarray | int, int]:
@@ -164,7 +181,6 @@ def read_alphabet(r: Reader, dtype: torch.dtype) -> tuple[np.ndarray | int, int]
     raise ValueError(f"unknown alphabet mode {mode}")
 
 
-_SLICE = 1 << 20  # symbols mapped back at a time, so no tensor-sized int64 array is made
 
 
 def desymbolize(symbols: np.ndarray, alphabet: np.ndarray | int, shape: tuple[int, ...],

@@ -10,6 +10,7 @@ NumPy step per symbol position.
 
 from __future__ import annotations
 
+import functools
 import heapq
 
 import numpy as np
@@ -32,6 +33,16 @@ def chunks_for(n: int) -> int:
 def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
     """Huffman code lengths (0 for unused symbols), none longer than `max_len`."""
     counts = np.asarray(counts, dtype=np.int64)
+    # The writer's size screen and the coder itself ask for the same histogram's lengths.
+    return np.frombuffer(_cached_lengths(counts.tobytes(), max_len), dtype=np.int64).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_lengths(counts_bytes: bytes, max_len: int) -> bytes:
+    return _code_lengths(np.frombuffer(counts_bytes, dtype=np.int64), max_len).tobytes()
+
+
+def _code_lengths(counts: np.ndarray, max_len: int) -> np.ndarray:
     used = np.flatnonzero(counts > 0)
     lengths = np.zeros(counts.size, dtype=np.int64)
     if used.size == 0:
@@ -94,13 +105,14 @@ def _pack(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray) -> tuple[
 def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, list[int]]:
     """(bit stream, chunk bit lengths except the last). Symbols are split into `chunks_for(n)`
     equal chunks so the decoder can work on all of them at once."""
-    s = np.ascontiguousarray(symbols, dtype=np.int64).ravel()
+    s = np.asarray(symbols).ravel()
     lengths = np.asarray(lengths, dtype=np.int64)
     codes = canonical_codes(lengths)
     n = s.size
     chunks = chunks_for(n)
     if native.enabled() and lengths.max(initial=0) <= MAX_LEN:
-        return native.huff_encode(symbols, lengths, codes, chunks)
+        return native.huff_encode(s, lengths, codes, chunks)
+    s = np.ascontiguousarray(s, dtype=np.int64)
     if np.any(lengths[s] == 0):
         raise ValueError("a symbol has no code")
     bits, _ = _pack(s, lengths, codes)

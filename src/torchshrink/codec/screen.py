@@ -62,6 +62,8 @@ def _histogram(v: np.ndarray, lo: int, hi: int) -> np.ndarray | None:
     """Counts of the distinct bit patterns (between lo and hi), or None when the symbol coders
     would refuse the tensor (more than 4096 distinct values, or more than a quarter of its elements)."""
     if hi - lo < _MAX_ALPHABET:
+        if lo == 0 and v.dtype.kind == "u":
+            return np.bincount(v, minlength=hi + 1)
         return np.bincount((v.astype(np.int64) - lo), minlength=hi - lo + 1)
     step = max(1, v.size // _SAMPLE)
     if np.unique(v[::step]).size > _MAX_ALPHABET:  # a sample already has too many: so has the whole
