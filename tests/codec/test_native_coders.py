@@ -67,19 +67,19 @@ def test_native_decoders_reject_corrupted_streams(numpy_path) -> None:
     s = np.minimum(rng.geometric(0.2, size=50_000) - 1, 30)
     f = ans.quantize_freqs(np.bincount(s))
     data = ans.encode(s, f)
-    for bad in (data[:-2], data + b"\x00\x00"):
+    for bad, message in ((data[:-2], "rANS stream is truncated"), (data + b"\x00\x00", "rANS stream has trailing data")):
         for flag in (True, False):
             numpy_path(flag)
-            with pytest.raises(ValueError, match="rANS"):
+            with pytest.raises(ValueError, match=f"^{message}$"):
                 ans.decode(bad, f, s.size)
     lengths = huffman.code_lengths(np.bincount(s))
     stream, chunks = huffman.encode(s, lengths)
     for flag in (True, False):
         numpy_path(flag)
-        with pytest.raises(ValueError, match="Huffman"):
+        with pytest.raises(ValueError, match="^Huffman stream is truncated$"):
             huffman.decode(stream[: len(stream) // 2], lengths, s.size, chunks)
     numpy_path(False)
-    with pytest.raises(ValueError, match="zero frequency"):
+    with pytest.raises(ValueError, match="^a symbol has zero frequency$"):
         ans.encode(np.array([0, 1, 2]), np.array([1 << 16, 0, 0]))
 
 

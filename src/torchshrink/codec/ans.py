@@ -77,8 +77,9 @@ def _quantize(counts: np.ndarray, present: np.ndarray, total: int) -> np.ndarray
     return f
 
 
-def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
-    """rANS-code `symbols` (ints in [0, len(freqs))) under quantized `freqs` (sum 2**PREC)."""
+def encode(symbols: np.ndarray, freqs: np.ndarray, counts: np.ndarray | None = None) -> bytes:
+    """rANS-code `symbols` (ints in [0, len(freqs))) under quantized `freqs` (sum 2**PREC);
+    `counts`, the symbols' histogram, when the caller has it already."""
     s = np.asarray(symbols).ravel()
     if s.dtype.kind not in "ui":
         s = s.astype(np.int64)
@@ -86,7 +87,8 @@ def encode(symbols: np.ndarray, freqs: np.ndarray) -> bytes:
     f = np.asarray(freqs, dtype=np.uint64)
     if n == 0:
         return b""
-    counts = np.bincount(s, minlength=f.size) if s.min() >= 0 else None
+    if counts is None:
+        counts = np.bincount(s, minlength=f.size) if s.min() >= 0 else None
     if counts is None or counts.size > f.size or np.any(f[counts > 0] == 0):
         raise ValueError("a symbol has zero frequency")
     nz = counts > 0

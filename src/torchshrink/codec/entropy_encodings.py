@@ -193,11 +193,10 @@ def desymbolize(symbols: np.ndarray, alphabet: np.ndarray | int, shape: tuple[in
         # Symbols already as wide as the values: map them in place (the caller hands over an
         # array of its own), so a large tensor is never held twice while it is decoded.
         top = int(symbols.max())
-        if alphabet < info.min or alphabet + top > info.max:
+        # the signed view must keep every symbol's value, and adding the offset must not wrap
+        if top > info.max or alphabet < info.min or alphabet + top > info.max:
             raise ValueError("decoded values do not fit the dtype")
-        result = symbols.view(np_twin)  # symbols < 2**(8*size-1), so the view keeps their values
-        if top >= 1 << (8 * size - 1) and info.min < 0:
-            raise ValueError("decoded values do not fit the dtype")
+        result = symbols.view(np_twin)
         if alphabet:
             result += np_twin(alphabet)
         return _as_tensor(result, twin, dtype, shape)
@@ -266,7 +265,7 @@ def _write_ans(w: Writer, symbols: np.ndarray, a: int) -> None:
     assert best is not None
     _, p, f = best
     w.raw(bytes([p])).varints(f)
-    w.block(ans.encode(symbols, f << (ans.PREC - p)))
+    w.block(ans.encode(symbols, f << (ans.PREC - p), counts))
 
 
 def _read_ans(r: Reader, a: int, n: int, compact: bool = False) -> np.ndarray:

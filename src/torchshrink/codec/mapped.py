@@ -16,8 +16,6 @@ import os
 import zlib
 from collections.abc import Iterator
 
-import numpy as np
-
 from torchshrink.codec import pages
 from torchshrink.codec.fileformat import Located, TensorRecord, fail, locate
 from torchshrink.errors import ArtifactError
@@ -25,10 +23,6 @@ from torchshrink.errors import ArtifactError
 __all__ = ["MappedArtifact"]
 
 _STEP = 16 << 20
-
-
-def _address(view: memoryview) -> int:
-    return int(np.frombuffer(view, dtype=np.uint8, count=min(1, len(view))).ctypes.data) if len(view) else 0
 
 
 class MappedArtifact:
@@ -48,7 +42,7 @@ class MappedArtifact:
         except (OSError, ValueError) as e:
             raise ArtifactError(f"cannot read artifact {p!r}: {e}") from e
         self._buf = memoryview(self._mm) if self._mm is not None else memoryview(b"")
-        self._base = _address(self._buf)
+        self._base = pages.address(self._buf)
         pages.register(id(self), self._base, self.size, self._drop)
         try:
             self.located: Located = locate(self._buf, p, self._checksum)
@@ -73,7 +67,7 @@ class MappedArtifact:
             self._mm.madvise(mmap.MADV_DONTNEED, first, min(end, self.size) - first)
 
     def _checksum(self, view: memoryview) -> int:
-        start = _address(view) - self._base
+        start = pages.address(view) - self._base
         crc = 0
         for pos in range(0, len(view), _STEP):
             with view[pos : pos + _STEP] as step:

@@ -61,11 +61,16 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+def _table(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, cumulative frequencies) as the C coder reads them (uint32)."""
+    f = np.ascontiguousarray(freqs, dtype=np.uint32)
+    return f, np.concatenate([[0], np.cumsum(f, dtype=np.uint64)[:-1]]).astype(np.uint32)
+
+
 def rans_encode(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
     """(final lane states uint32, words uint16 in decoding order)."""
     s, sw = _symbols(symbols)
-    f = np.ascontiguousarray(freqs, dtype=np.uint32)
-    cum = np.concatenate([[0], np.cumsum(f, dtype=np.uint64)[:-1]]).astype(np.uint32)
+    f, cum = _table(freqs)
     states = np.empty(lanes, dtype=np.uint32)
     words = np.empty(s.size, dtype=np.uint16)  # at most one word per symbol
     k = _lib().ts_rans_encode(_ptr(s), sw, s.size, _ptr(f), _ptr(cum), f.size, lanes, _ptr(states),
@@ -81,8 +86,7 @@ def rans_decode(stream: memoryview | bytes, offset: int, states: np.ndarray, fre
     lane states), in parts: the pages of a memory-mapped stream are released as they are read."""
     buf = np.frombuffer(stream, dtype=np.uint8)
     nw = (buf.size - offset) // 2
-    f = np.ascontiguousarray(freqs, dtype=np.uint32)
-    cum = np.concatenate([[0], np.cumsum(f, dtype=np.uint64)[:-1]]).astype(np.uint32)
+    f, cum = _table(freqs)
     lut = np.repeat(np.arange(f.size, dtype=np.uint16), f.astype(np.int64))
     st = np.array(states, dtype=np.uint32)  # carried from part to part
     out: np.ndarray = np.empty(n, dtype=out_dtype)
@@ -98,7 +102,7 @@ def rans_decode(stream: memoryview | bytes, offset: int, states: np.ndarray, fre
             raise ValueError("rANS stream is truncated")
         if rc < 0:
             raise ValueError("rANS stream has an invalid state")
-        pages.release(stream if isinstance(stream, memoryview) else memoryview(stream), offset + 2 * int(ptr[0]))
+        pages.release(stream, offset + 2 * int(ptr[0]))
     if int(ptr[0]) != nw or (buf.size - offset) % 2:
         raise ValueError("rANS stream has trailing data")
     return out
@@ -139,5 +143,5 @@ def huff_decode(data: memoryview | bytes, lut_sym: np.ndarray, lut_len: np.ndarr
         if rc < 0:
             raise ValueError("invalid Huffman code in stream")
         if c0 + group < chunks:
-            pages.release(data if isinstance(data, memoryview) else memoryview(data), int(st[c0 + group]) // 8)
+            pages.release(data, int(st[c0 + group]) // 8)
     return out

@@ -15,10 +15,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["register", "unregister", "release"]
+__all__ = ["address", "register", "unregister", "release"]
 
 # (first address, one past the last, drop(start offset, end offset)) per open map
 _MAPS: dict[int, tuple[int, int, Callable[[int, int], None]]] = {}
+
+
+def address(view: memoryview) -> int:
+    """The memory address of a buffer's first byte (0 for an empty one)."""
+    return int(np.frombuffer(view, dtype=np.uint8, count=min(1, len(view))).ctypes.data) if len(view) else 0
 
 
 def register(key: int, base: int, size: int, drop: Callable[[int, int], None]) -> None:
@@ -30,11 +35,11 @@ def unregister(key: int) -> None:
 
 
 def release(view: memoryview | bytes, upto: int) -> None:
-    """Drop the pages of view[:upto] if `view` is part of a registered map."""
+    """Drop the pages of view[:upto] if `view` is part of a registered map (bytes never are)."""
     if not _MAPS or upto <= 0 or not isinstance(view, memoryview) or not len(view):
         return
-    address = int(np.frombuffer(view, dtype=np.uint8, count=1).ctypes.data)
+    at = address(view)
     for base, end, drop in _MAPS.values():
-        if base <= address < end:
-            drop(address - base, address - base + min(upto, len(view)))
+        if base <= at < end:
+            drop(at - base, at - base + min(upto, len(view)))
             return
