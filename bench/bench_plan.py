@@ -473,7 +473,7 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
                              measure_file=False).model
                 nbytes, back, fast = _inference_back(m, model, x)
                 tried.append({"family": family, "setting": _short(cfg), "file_bytes": nbytes, "val": val_fn(back),
-                              "fast": fast, "back": back})
+                              "fast": fast, "back": back, "config": cfg})
         fp32_fast = ts.for_inference(model, example=x)
         timed = _time_interleaved({"fp32": fp32_fast, **{str(i): t["fast"] for i, t in enumerate(tried)}}, x, 3, 10)
         for i, t in enumerate(tried):
@@ -506,7 +506,11 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
                                "test": test_fn(best["back"])}
         else:
             rows["uniform"] = {"fits": False, "why": "no uniform setting is under the budget"}
-        sec["uniform_tried"] = [{k: v for k, v in t.items() if k not in ("fast", "back")} for t in tried]
+        sec["uniform_tried"] = [{k: v for k, v in t.items() if k not in ("fast", "back", "config")} for t in tried]
+        if FT_EPOCHS > 0:  # the same fine-tuning budget for both: FT_EPOCHS epochs at FT_LR
+            ft_rows, ft_models = _latency_finetuned(model, train, calib, x, val_fn, test_fn, res, limit, fits)
+            rows.update(ft_rows)
+            finals.update(ft_models)
         # the latency of what was read back, the variants taking turns
         timed = _time_interleaved(finals, x, 5, 20)
         for k, v in timed.items():
@@ -522,13 +526,53 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
     return out
 
 
+def _latency_finetuned(model: nn.Module, train: Any, calib: Any, x: Any, val_fn: Callable[[nn.Module], float],
+                       test_fn: Callable[[nn.Module], float], res: Any, limit: float,
+                       fits: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """The latency rows again with the same fine-tuning budget: the joint plan re-solved on its
+    database and fine-tuned; every uniform setting under the budget fine-tuned, the best kept
+    on the validation metric. Both read back in their inference form."""
+    rows: dict[str, Any] = {}
+    models: dict[str, nn.Module] = {}
+    ft = ts.plan(model, evaluate=val_fn, max_latency=limit, calibration=calib, example=x, train=train,
+                 search="joint", database=res.database, calibration_batches=len(calib), latency_runs=20,
+                 finetune=FT_EPOCHS, finetune_lr=FT_LR, pareto_points=0, progress=False)
+    if ft.model is not None:
+        nbytes, back, fast = _inference_back(ft.model, model, x)
+        models["joint, fine-tuned"] = fast
+        rows["joint, fine-tuned"] = {"file_bytes": nbytes, "val": val_fn(back), "test": test_fn(back),
+                                     "per_layer": ft.per_layer, "finetune_epochs": FT_EPOCHS}
+    else:
+        rows["joint, fine-tuned"] = {"fits": False, "why": "no plan met the latency budget on its file"}
+    tuned = []
+    for t in fits:
+        cfg = t["config"]
+        m = compress(copy.deepcopy(model), Recipe((Stage(cfg, FineTune(epochs=FT_EPOCHS, lr=FT_LR)),)),
+                     train=train, calibration=calib, progress=False, measure_file=False).model
+        nbytes, back, fast = _inference_back(m, model, x)
+        tuned.append({"setting": t["setting"], "file_bytes": nbytes, "val": val_fn(back), "back": back,
+                      "fast": fast})
+    if tuned:
+        best = max(tuned, key=lambda t: t["val"])
+        models["uniform, fine-tuned"] = best["fast"]
+        rows["uniform, fine-tuned"] = {"setting": best["setting"], "file_bytes": best["file_bytes"],
+                                       "val": best["val"], "test": test_fn(best["back"]),
+                                       "finetune_epochs": FT_EPOCHS,
+                                       "tried": [{k: v for k, v in t.items() if k not in ("fast", "back")}
+                                                 for t in tuned]}
+    else:
+        rows["uniform, fine-tuned"] = {"fits": False, "why": "no uniform setting is under the budget"}
+    return rows, models
+
+
 def _section(kind: str, what: str, quick: bool, cache: Path, finetune: int, lr: float, plots: Path,
              refine: int, epochs: dict[str, int], gpt_steps: int, parts: Path) -> dict[str, Any]:
     """One model's rows or one latency case; also written to `parts` as soon as it is done,
     so a run cut short keeps what it finished (--merge builds the JSON from the parts)."""
     import traceback
 
-    global GPT_STEPS
+    global GPT_STEPS, FT_EPOCHS, FT_LR
+    FT_EPOCHS, FT_LR = finetune, lr  # a spawned process does not see main()'s globals
     EPOCHS.update(epochs)
     GPT_STEPS = gpt_steps
     torch.set_num_threads(1)
@@ -580,10 +624,11 @@ def summary(results: dict[str, Any]) -> list[list[Any]]:
 
 
 FT_EPOCHS = 1
+FT_LR = 1e-3
 
 
 def main(argv: list[str] | None = None) -> int:
-    global FT_EPOCHS, GPT_STEPS, PARTS
+    global FT_EPOCHS, FT_LR, GPT_STEPS, PARTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2-epoch baselines, lenet300 only")
     ap.add_argument("--models", nargs="*", default=None)
@@ -603,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "plan.json"))
     args = ap.parse_args(argv)
     PARTS = tuple(args.parts)
-    FT_EPOCHS = args.finetune
+    FT_EPOCHS, FT_LR = args.finetune, args.finetune_lr
     EPOCHS.update({k: int(v) for k, v in (e.split("=", 1) for e in args.epochs)})
     GPT_STEPS = args.gpt_steps
     torch.set_num_threads(1)

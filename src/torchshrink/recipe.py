@@ -342,6 +342,7 @@ def compress(
     progress: bool = True,
     measure_file: bool = True,
     on_stage: Callable[[StageResult, nn.Module], None] | None = None,
+    recalibrate_bn: bool = True,
 ) -> CompressResult:
     """Run every stage of `recipe` on `model`: apply the method, then fine-tune when the stage
     asks for it, then measure (metric, nonzero weights, bytes of the artifact it would write).
@@ -350,8 +351,14 @@ def compress(
     evaluate: `model -> float`, higher is better (e.g. test accuracy); measured per stage.
     on_stage: called with each stage's measurements and the model after it (for progress output
         or extra measurements).
+    recalibrate_bn: after each stage's method, re-estimate the BatchNorm statistics from
+        `calibration` (else `train`) batches: a changed conv feeds its BatchNorm a different
+        distribution, and without this a ResNet whose convs were pruned or quantized hard can fall
+        to chance before any fine-tuning (adaptive BN; nothing is trained). Models without
+        BatchNorm read no batch for it.
     """
     from torchshrink.api import apply
+    from torchshrink.nn.batchnorm import recalibrate_or_warn
     from torchshrink.train import fit
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -369,6 +376,8 @@ def compress(
         t0 = time.perf_counter()
         model = apply(model, stage.config, example=example, calibration=calibration, train=train, val=val,
                       evaluate=evaluate, progress=progress)
+        if recalibrate_bn:
+            recalibrate_or_warn(model, calibration, where=f"stage {i + 1} ({stage.name})")
         before = float(evaluate(model)) if evaluate is not None and stage.finetune is not None else None
         if stage.finetune is not None:
             assert train is not None

@@ -67,8 +67,9 @@ class _Verifier:
 
     def __init__(self, model: nn.Module, evaluate: Callable[[nn.Module], float], example: Any,
                  train: Iterable[Any] | None, val: Iterable[Any] | None, calibration: Iterable[Any] | None,
-                 latency: bool, latency_runs: int, threads: int | None) -> None:
+                 latency: bool, latency_runs: int, threads: int | None, recalibrate_bn: bool = True) -> None:
         self.model, self.evaluate, self.example = model, evaluate, example
+        self.recalibrate_bn = recalibrate_bn
         self.train, self.val, self.calibration = train, val, calibration
         self.latency, self.latency_runs, self.threads = latency, latency_runs, threads
 
@@ -85,7 +86,8 @@ class _Verifier:
 
         t0 = time.perf_counter()
         res = compress(copy.deepcopy(self.model), recipe, train=self.train, val=self.val, example=self.example,
-                       calibration=self.calibration, progress=False, measure_file=False)
+                       calibration=self.calibration, progress=False, measure_file=False,
+                       recalibrate_bn=self.recalibrate_bn)
         cand = Candidate(label, recipe.to_dict())
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "plan.tsz")
@@ -129,6 +131,7 @@ def plan_joint(
     workers: int = 1,
     threads_per_worker: int = 1,
     ray_address: str | None = None,
+    recalibrate_bn: bool = True,
 ) -> PlanResult:
     """Choose one option per layer (sparsity, bits, k-means bits, SVD rank or a stack) that
     minimizes the summed error under max_bytes / max_macs / max_latency (<= 1: a fraction of the
@@ -145,6 +148,9 @@ def plan_joint(
         improves (`refine.local_search`); 0 keeps the DP's choice.
     workers / threads_per_worker / ray_address: measure the option database in that many
         processes with that many torch threads each, or as tasks on a Ray cluster (`workers.py`).
+    recalibrate_bn: re-estimate BatchNorm statistics from `calibration` after applying a plan
+        (and before pricing each option's model error), as `compress` does; False measures
+        every plan with the statistics of the uncompressed model.
     Returns a PlanResult with .model, .per_layer, .pareto, .recipe (YAML: `.recipe.to_yaml()`).
     """
     from torchshrink.codec.container import encode_model
@@ -174,7 +180,8 @@ def plan_joint(
     need_latency = max_latency is not None
     t_start = time.perf_counter()
     model = model.eval()
-    verify = _Verifier(model, evaluate, example, train, val, calibration, need_latency, latency_runs, threads)
+    verify = _Verifier(model, evaluate, example, train, val, calibration, need_latency, latency_runs, threads,
+                       recalibrate_bn)
     base = Candidate("baseline (as given)", {}, len(encode_model(model)),
                      verify.time(model) if need_latency else None, float(evaluate(model)))
     sample = _first_sample(example if example is not None else next(iter(calibration)))
@@ -189,7 +196,7 @@ def plan_joint(
         model, calibration, example=example, options=options, targets=targets, ignore=ignore,
         calibration_batches=calibration_batches, model_error=error == "model", latency=need_latency,
         latency_runs=latency_runs, threads=threads, progress=progress, workers=workers,
-        threads_per_worker=threads_per_worker, ray_address=ray_address)
+        threads_per_worker=threads_per_worker, ray_address=ray_address, recalibrate_bn=recalibrate_bn)
     seconds = {"database": time.perf_counter() - t0 if database is None else 0.0}
     errors = db.errors(error)
     costs = {k: db.costs(k) for k in {"bytes", *limits_set}}
@@ -218,7 +225,7 @@ def plan_joint(
             if all(o == LayerOption() for o in opts.values()):
                 return float(base.metric or 0.0)
             m = compress(copy.deepcopy(model), plan_recipe(opts), calibration=calibration, example=example,
-                         progress=False, measure_file=False).model
+                         progress=False, measure_file=False, recalibrate_bn=recalibrate_bn).model
             return float(evaluate(m))
 
         r = local_search(a.choice, errors, cal.costs, cal.layer_budgets(budgets), score, evaluations=refine_left)

@@ -28,6 +28,7 @@ from torchshrink.batches import call_model, iter_calibration, logits_of
 from torchshrink.config import Config
 from torchshrink.errors import ConfigError, ShrinkError
 from torchshrink.nn import select_layers, set_module
+from torchshrink.nn.batchnorm import batchnorm_stats_restored, recalibrate_or_warn
 from torchshrink.nn.shapes import record_inputs
 from torchshrink.nn.surgery import isolate
 from torchshrink.plan.workers import Job as _Job
@@ -240,6 +241,7 @@ def build_database(
     workers: int = 1,
     threads_per_worker: int = 1,
     ray_address: str | None = None,
+    recalibrate_bn: bool = True,
 ) -> OptionDatabase:
     """Measure every option of every selected layer of `model` (left unchanged).
 
@@ -251,6 +253,9 @@ def build_database(
     workers: processes measuring options in parallel (1: in this process), each with
         `threads_per_worker` torch threads (latency is timed with `threads`); ray_address: run
         them as Ray tasks on that cluster instead ("auto", "ray://host:10001"; the `ray` extra).
+    recalibrate_bn: with model_error=True, re-estimate the BatchNorm statistics on the
+        calibration batches before each option's model error is measured (as `compress` does
+        after a stage); costs one more pass over them per option on models with BatchNorm.
     """
     from torchshrink.codec.container import encode_model
     from torchshrink.measure.macs import count_macs
@@ -287,7 +292,7 @@ def build_database(
         else:  # the layer as it is comes first: the allocator's fallback and the file's baseline
             per_layer_opts[n].remove(LayerOption())
             per_layer_opts[n].insert(0, LayerOption())
-    state = _Shared(model, batches, ref_logp, model_error, latency, latency_runs, threads)
+    state = _Shared(model, batches, ref_logp, model_error, latency, latency_runs, threads, recalibrate_bn)
     jobs = [_Job(n, opts, inputs[n], lat_inputs.get(n)) for n in layers
             for opts in _chunks(per_layer_opts[n], len(layers), workers)]
     rows: dict[str, list[OptionRow]] = {n: [] for n in layers}
@@ -356,7 +361,11 @@ def measure_options(state: Any, job: Any) -> tuple[str, list[OptionRow], list[st
         if work is not None:
             saved = set_module(work, n, layer)
             try:
-                with torch.no_grad():
+                with torch.no_grad(), batchnorm_stats_restored(work):
+                    # priced as the plan will be applied: compress re-estimates BatchNorm
+                    # statistics after a stage, so a layer is judged with its BatchNorms matched
+                    if state.recalibrate_bn:
+                        recalibrate_or_warn(work, state.batches, limit=None, where=f"plan: {n} {opt.name}")
                     row.model_error = sum(_kl(logits_of(call_model(work, b)), r)
                                           for b, r in zip(state.batches, state.ref_logp)) / len(state.batches)
             finally:

@@ -34,6 +34,7 @@ class Shared:
     latency: bool
     latency_runs: int
     threads: int | None
+    recalibrate_bn: bool = True
 
 
 @dataclasses.dataclass
