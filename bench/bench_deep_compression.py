@@ -39,6 +39,8 @@ from torchshrink.cli.tables import layer_table, stage_table  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 # The paper's full-MNIST results (Han et al. 2016, Table 1), for the side-by-side column.
+# the recipe each model runs (the >= 60x ones); --recipe MODEL=NAME_OR_FILE replaces one
+RECIPES = {"lenet300": "deep_compression_lenet300_64x", "lenet5": "deep_compression_lenet5"}
 PAPER = {"lenet300": {"ratio": 40, "error_change": "1.64% -> 1.58%"},
          "lenet5": {"ratio": 39, "error_change": "0.80% -> 0.74%"}}
 
@@ -288,6 +290,8 @@ def main() -> int:
                          "training run) are reused instead of trained again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when several runs share 2 cores)")
     ap.add_argument("--pq", action="store_true", help="only the ProductQuantization vs KMeansSharing comparison")
+    ap.add_argument("--recipe", action="append", default=[], metavar="MODEL=RECIPE",
+                    help=f"run this recipe (bundled name or YAML file) for MODEL instead of {RECIPES}")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     if args.pq:
@@ -332,7 +336,9 @@ def main() -> int:
         return summary
 
     for model, data_name, epochs, seed in runs:
-        recipe_path = ROOT / "src" / "torchshrink" / "recipes" / f"deep_compression_{model}.yaml"
+        chosen = dict(RECIPES, **dict(r.split("=", 1) for r in args.recipe))[model]
+        bundled = ROOT / "src" / "torchshrink" / "recipes" / f"{chosen}.yaml"
+        recipe_path = bundled if bundled.is_file() else Path(chosen).resolve()
         recipe: Any = str(recipe_path)
         if args.quick:
             recipe = _short_recipe(recipe_path)
@@ -346,7 +352,7 @@ def main() -> int:
                            seed=seed, progress=False)
         rep["model"] = model
         rep["seed"] = seed
-        rep["recipe"] = str(recipe_path.relative_to(ROOT))
+        rep["recipe"] = str(recipe_path.relative_to(ROOT)) if recipe_path.is_relative_to(ROOT) else str(recipe_path)
         rep["budget"] = {"short_epochs": short, "equal_epochs": equal}
         print(f"equal-budget baseline: {equal} epochs...", flush=True)
         reused = [r["equal_budget"] for f in args.reuse_equal_budget if Path(f).is_file()

@@ -481,8 +481,9 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
         limit = fraction * timed["fp32"]
         if limit <= 1.0:  # ts.plan reads a budget <= 1 as a fraction of its own baseline
             raise SystemExit(f"{name}: the latency budget {limit:.3f} ms is under 1 ms; use a larger example batch")
-        res = ts.plan(model, evaluate=val_fn, max_latency=limit, calibration=calib, example=x, train=train,
-                      search="joint", options=latency_options, calibration_batches=len(calib), latency_runs=20,
+        # the budget as a fraction: the planner times each plan in turns with fp32 (drift-proof)
+        res = ts.plan(model, evaluate=val_fn, max_latency=fraction, calibration=calib, example=x, train=train,
+                      search="joint", options=latency_options, calibration_batches=len(calib), latency_runs=60,
                       pareto_points=6, verify_points=3, progress=False)
         res.plot_pareto(plots / f"plan_pareto_latency_{name}.png",
                         title=f"{name}: joint plan under a latency budget ({metric})")
@@ -508,7 +509,7 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
             rows["uniform"] = {"fits": False, "why": "no uniform setting is under the budget"}
         sec["uniform_tried"] = [{k: v for k, v in t.items() if k not in ("fast", "back", "config")} for t in tried]
         if FT_EPOCHS > 0:  # the same fine-tuning budget for both: FT_EPOCHS epochs at FT_LR
-            ft_rows, ft_models = _latency_finetuned(model, train, calib, x, val_fn, test_fn, res, limit, fits)
+            ft_rows, ft_models = _latency_finetuned(model, train, calib, x, val_fn, test_fn, res, fraction, fits)
             rows.update(ft_rows)
             finals.update(ft_models)
         # the latency of what was read back, the variants taking turns
@@ -527,15 +528,15 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
 
 
 def _latency_finetuned(model: nn.Module, train: Any, calib: Any, x: Any, val_fn: Callable[[nn.Module], float],
-                       test_fn: Callable[[nn.Module], float], res: Any, limit: float,
+                       test_fn: Callable[[nn.Module], float], res: Any, fraction: float,
                        fits: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """The latency rows again with the same fine-tuning budget: the joint plan re-solved on its
     database and fine-tuned; every uniform setting under the budget fine-tuned, the best kept
     on the validation metric. Both read back in their inference form."""
     rows: dict[str, Any] = {}
     models: dict[str, nn.Module] = {}
-    ft = ts.plan(model, evaluate=val_fn, max_latency=limit, calibration=calib, example=x, train=train,
-                 search="joint", database=res.database, calibration_batches=len(calib), latency_runs=20,
+    ft = ts.plan(model, evaluate=val_fn, max_latency=fraction, calibration=calib, example=x, train=train,
+                 search="joint", database=res.database, calibration_batches=len(calib), latency_runs=60,
                  finetune=FT_EPOCHS, finetune_lr=FT_LR, pareto_points=0, progress=False)
     if ft.model is not None:
         nbytes, back, fast = _inference_back(ft.model, model, x)

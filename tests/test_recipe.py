@@ -224,3 +224,44 @@ def test_deep_compression_mnist5k_40x_within_0_2_points(model: str, seeds: tuple
         assert rep["ratio"] >= 40
         drops.append(rep["accuracy_drop"])
     assert sum(drops) / len(drops) <= 0.2 + 1e-9, drops
+
+
+def test_gradual_pruning_stage_reaches_its_sparsity_during_the_fine_tune(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    splits = ts.data.load("synthetic")
+    train, _, test = ts.data.loaders(splits, batch_size=64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    ts.fit(model, train, epochs=1, lr=1e-3, progress=False)
+    rec = load_recipe({"stages": [
+        {"method": "magnitude_pruning", "per_layer": {"1": 0.9, "3": 0.5},
+         "finetune": {"epochs": 2, "lr": 1e-3, "gradual": 0.5}},
+    ]})
+    assert rec.to_dict()["stages"][0]["finetune"]["gradual"] == 0.5
+    assert load_recipe(rec.to_dict()) == rec
+    sparsity_seen: list[float] = []
+
+    def watch(m: nn.Module) -> float:  # called before and after the fine-tune
+        w = m[1].weight
+        sparsity_seen.append(float((w == 0).float().mean()))
+        return 0.0
+
+    out = compress(copy.deepcopy(model), rec, train=train, evaluate=watch, progress=False).model
+    assert sparsity_seen[0] == 0.0  # nothing was pruned before the fine-tune began
+    assert float((out[1].weight == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
+    assert float((out[3].weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-2)
+    path = tmp_path / "g.tsz"
+    ts.save(out, path)
+    back = ts.load(path, like=nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
+    x = next(iter(test))[0]
+    assert torch.equal(back(x), out(x))
+
+
+@pytest.mark.parametrize("stage, words", [
+    ({"method": "kmeans_sharing", "bits": 4, "finetune": {"epochs": 1, "gradual": 0.5}},
+     r"stages\[0\] in recipe: finetune.gradual applies to magnitude_pruning stages"),
+    ({"method": "magnitude_pruning", "sparsity": 0.5, "finetune": {"epochs": 1, "gradual": 1.5}},
+     r"stages\[0\].finetune.gradual must be in \[0, 1\]"),
+])
+def test_gradual_bad_input_is_named(stage: dict, words: str) -> None:
+    with pytest.raises(ts.ConfigError, match=words):
+        load_recipe({"stages": [stage]})

@@ -44,6 +44,10 @@ class FineTune:
         The rest of the loss is cross-entropy on the labels. Recovering from pruning and
         weight sharing, the baseline's soft targets carry more than the labels alone.
     temperature: of that soft-target term.
+    gradual: 0 (default) applies the stage's method before the fine-tune. A fraction in (0, 1]
+        (magnitude pruning stages only) instead reaches the stage's sparsity during the
+        fine-tune, on Zhu & Gupta's cubic schedule, by that fraction of its steps; the rest of
+        the steps recover at the final sparsity (`prune.GradualPruning`).
     """
 
     epochs: int = 1
@@ -57,9 +61,13 @@ class FineTune:
     label_smoothing: float = 0.0
     distill: float = 0.0
     temperature: float = 4.0
+    gradual: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self, "finetune")
+        if not 0 <= self.gradual <= 1:
+            raise ConfigError(f"finetune.gradual must be in [0, 1] (the fraction of the fine-tune's steps over "
+                              f"which the sparsity is reached; 0 prunes before it), got {self.gradual}")
         if not 0 <= self.distill <= 1:
             raise ConfigError(f"finetune.distill must be in [0, 1] (the weight of the soft-target term), "
                               f"got {self.distill}")
@@ -109,6 +117,11 @@ def _check_types(obj: Any, where: str) -> None:
 class Stage:
     config: Config
     finetune: FineTune | None = None
+
+    def __post_init__(self) -> None:
+        if self.finetune is not None and self.finetune.gradual > 0 and self.config.method_name() != "magnitude_pruning":
+            raise ConfigError(f"finetune.gradual applies to magnitude_pruning stages; {self.config.method_name()} is "
+                              "applied before its fine-tune (remove gradual: from that stage)")
 
     @property
     def name(self) -> str:
@@ -164,7 +177,10 @@ class Recipe:
                 config = Config.from_dict(raw)
             except ConfigError as e:
                 raise ConfigError(f"{where} in {source}: {e}") from e
-            stages.append(Stage(config, finetune))
+            try:
+                stages.append(Stage(config, finetune))
+            except ConfigError as e:
+                raise ConfigError(f"{where} in {source}: {e}") from e
         return cls(tuple(stages), str(data.get("name", "")), str(data.get("description", "")))
 
     def to_dict(self) -> dict[str, Any]:
@@ -374,9 +390,11 @@ def compress(
     results: list[StageResult] = []
     for i, stage in enumerate(rec.stages):
         t0 = time.perf_counter()
-        model = apply(model, stage.config, example=example, calibration=calibration, train=train, val=val,
-                      evaluate=evaluate, progress=progress)
-        if recalibrate_bn:
+        gradual = stage.finetune.gradual if stage.finetune is not None else 0.0
+        if not gradual:  # a gradual stage is pruned by its fine-tune's callback instead
+            model = apply(model, stage.config, example=example, calibration=calibration, train=train, val=val,
+                          evaluate=evaluate, progress=progress)
+        if recalibrate_bn and not gradual:
             recalibrate_or_warn(model, calibration, where=f"stage {i + 1} ({stage.name})")
         before = float(evaluate(model)) if evaluate is not None and stage.finetune is not None else None
         if stage.finetune is not None:
@@ -388,11 +406,19 @@ def compress(
 
                 assert teacher is not None
                 loss = make_distill_loss(teacher, {"alpha": ft.distill, "temperature": ft.temperature})
+            callbacks: list[Any] = [loss] if loss is not None else []
+            if gradual:
+                from torchshrink.prune import GradualPruning
+
+                callbacks.append(GradualPruning(stage.config, end_fraction=gradual,  # type: ignore[arg-type]
+                                                calibration=calibration))
             fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer,
                 weight_decay=ft.weight_decay, schedule=ft.schedule, max_steps=ft.max_steps,
                 warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, label_smoothing=ft.label_smoothing,
-                loss=loss, callbacks=[loss] if loss is not None else (), progress=progress,
-                desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}")
+                loss=loss, callbacks=callbacks, progress=progress,
+                desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}" + (" (gradual)" if gradual else ""))
+            if gradual and recalibrate_bn:
+                recalibrate_or_warn(model, calibration, where=f"stage {i + 1} ({stage.name})")
         metric = float(evaluate(model)) if evaluate is not None else None
         nz, total = _weight_counts(model)
         res = StageResult(stage.name, before, metric, nz, total, _file_bytes(model) if measure_file else 0,

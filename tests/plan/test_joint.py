@@ -161,3 +161,55 @@ def test_latency_budget_is_measured_on_the_inference_form(setup: tuple) -> None:
     assert tried.latency_ms is not None and tried.latency_ms > 0
     if res.best is not None:  # measured, not predicted: a noisy machine may miss, then best is None
         assert res.best.latency_ms <= res.budget["max_latency_ms"]
+
+
+def test_a_verified_front_point_with_a_better_metric_replaces_the_pick(setup: tuple, tmp_path) -> None:
+    # A metric the summed layer errors cannot predict (here: smaller files score higher): the
+    # front's smallest verified plan beats the DP's pick, which spends the budget on accuracy.
+    model, calib, _, db = setup
+
+    def smaller_is_better(m: nn.Module) -> float:
+        return -float(len(encode_model(m)))
+
+    res = ts.plan(model, evaluate=smaller_is_better, max_bytes=0.1, calibration=calib, search="joint", database=db,
+                  pareto_points=4, verify_points=4, retries=0, progress=False)
+    dp = [c for c in res.candidates if c.name.startswith("joint plan, try")]
+    assert res.best is not None and res.best.name == "joint plan (a verified front point)"
+    assert res.best.meets_budget and res.best.file_bytes <= 0.1 * res.baseline.file_bytes
+    assert dp and res.best.metric > max(c.metric for c in dp)
+    # what is returned is that plan: its recipe reproduces the file, per_layer describes it
+    again = ts.compress(copy.deepcopy(model), ts.load_recipe(res.recipe.to_yaml()), calibration=calib,
+                        progress=False).model
+    path = str(tmp_path / "front.tsz")
+    ts.save(again, path)
+    assert os.path.getsize(path) == res.best.file_bytes
+    ts.save(res.model, str(tmp_path / "model.tsz"))
+    assert os.path.getsize(tmp_path / "model.tsz") == res.best.file_bytes
+
+
+def test_fractional_latency_budget_times_plans_in_turns_with_the_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a machine that gets slower with every call: priced relative to the baseline timed in the
+    # same rounds, a plan at half the baseline's time is half the baseline's first time
+    import types
+
+    from torchshrink.measure import latency
+    from torchshrink.plan import joint
+
+    base, plan = nn.Linear(2, 2), nn.Linear(2, 2)
+    calls = {"n": 0}
+
+    def fake_time(m: nn.Module, x: object, **kw: object) -> object:
+        calls["n"] += 1
+        drift = 1.1 ** calls["n"]
+        return types.SimpleNamespace(median_ms=drift * (10.0 if m is base else 5.0))
+
+    monkeypatch.setattr(latency, "time_forward", fake_time)
+    monkeypatch.setattr("torchshrink.infer.for_inference", lambda m, example=None: m)
+    v = joint._Verifier(base, lambda m: 0.0, torch.zeros(1, 2), None, None, None, True, 9, 1)
+    absolute = v.time(plan)
+    v.relative_to = (base, 10.0)
+    relative = v.time(plan)
+    assert absolute == pytest.approx(5.0 * 1.1)
+    # each round: baseline then plan, one call apart; the ratio is 0.5 x 1.1 in every round
+    assert relative == pytest.approx(10.0 * 0.5 * 1.1)
+    assert calls["n"] == 1 + 2 * joint._Verifier.ROUNDS

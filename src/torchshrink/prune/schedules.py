@@ -43,17 +43,23 @@ def _scaled(per_layer: Mapping[str, float], fraction: float, initial: float) -> 
 class GradualPruning(Callback):
     """A `fit()` callback that prunes toward `config` (a MagnitudePruning) on a cubic schedule.
 
-    begin_step / end_step: the schedule's window in optimizer steps (end defaults to 75% of
-    the run, leaving the rest to recover at the final sparsity); frequency: prune every this
-    many steps. On fit end the final sparsity is applied exactly (also after an early stop).
+    begin_step / end_step: the schedule's window in optimizer steps (end defaults to
+    `end_fraction` of the run, 75%, leaving the rest to recover at the final sparsity);
+    frequency: prune every this many steps. On fit end the final sparsity is applied exactly
+    (also after an early stop).
     """
 
     def __init__(self, config: MagnitudePruning, *, initial_sparsity: float = 0.0, begin_step: int = 0,
                  end_step: int | None = None, frequency: int = 10,
-                 calibration: Iterable[Any] | None = None) -> None:
+                 calibration: Iterable[Any] | None = None, end_fraction: float = 0.75) -> None:
+        if not isinstance(config, MagnitudePruning):
+            raise ConfigError(f"GradualPruning schedules a MagnitudePruning config, got {type(config).__name__}")
         check_range("initial_sparsity", initial_sparsity, 0.0, config.sparsity)
+        if not 0 < end_fraction <= 1:
+            raise ConfigError(f"end_fraction must be in (0, 1] (the share of the run that prunes), got {end_fraction}")
         if frequency < 1:
             raise ConfigError(f"frequency must be >= 1 step, got {frequency}")
+        self.end_fraction = end_fraction
         self.config, self.initial, self.begin, self.end = config, initial_sparsity, begin_step, end_step
         self.frequency, self.calibration = frequency, calibration
         self.layers: list[tuple[str, nn.Module]] = []
@@ -71,7 +77,7 @@ class GradualPruning(Callback):
         self.layers = select_layers(model, targets=c.targets, ignore=c.ignore)
         check_per_layer_patterns(model, c.per_layer)
         if self.end is None:
-            self.end = max(self.begin + 1, int(0.75 * state.total_steps))
+            self.end = max(self.begin + 1, int(self.end_fraction * state.total_steps))
         self._prune_to(model, self.initial)
         self.history.append((0, self.initial))
 
