@@ -439,15 +439,21 @@ def _inference_back(m: nn.Module, like: nn.Module, x: Any) -> tuple[int, nn.Modu
         return os.path.getsize(path), ts.load(path, like=like), ts.load(path, like=like, inference=True, example=x)
 
 
-def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
-                    fraction: float = 0.6) -> dict[str, Any]:
+# The latency budget per case, as a fraction of fp32 in the same timing session. resnet_small's
+# smallest plan of the latency menu (SVD ranks 1/8, int8, 95% sparsity) times at 0.63x of fp32
+# (BatchNorm, ReLU and pooling do not shrink), so a 0.6x budget there is met by no method.
+FRACTIONS = {"resnet_small": 0.7, "gpt_tiny": 0.6}
+
+
+def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str]) -> dict[str, Any]:
     """resnet_small (batch 16) and gpt_tiny (batch 8 x 64 tokens) at the same latency budget,
     a fraction of the fp32 model's inference-form latency: joint (per-layer inference-form
     latency in the database) vs each family's best uniform setting under that budget."""
-    out: dict[str, Any] = {"fraction_of_fp32_latency": fraction, "threads": 1,
+    out: dict[str, Any] = {"fraction_of_fp32_latency": FRACTIONS, "threads": 1,
                            "timing": "medians of interleaved rounds (fp32 and every candidate taking turns)"}
     for name in cases:
         t0 = time.perf_counter()
+        fraction = FRACTIONS[name]
         if name == "gpt_tiny":
             model, train, x, val_fn, test_fn = _gpt(quick, cache)
             calib = [x]
@@ -488,6 +494,7 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
         res.plot_pareto(plots / f"plan_pareto_latency_{name}.png",
                         title=f"{name}: joint plan under a latency budget ({metric})")
         sec: dict[str, Any] = {"metric": metric, "example_shape": list(x.shape), "budget_ms": limit,
+                               "fraction_of_fp32_latency": fraction,
                                "fp32_latency_ms_in_plan": res.baseline.latency_ms, "joint_seconds": res.seconds,
                                "joint_tries": [c.to_dict() for c in res.candidates], "pareto": res.pareto}
         finals: dict[str, nn.Module] = {"fp32": fp32_fast}
@@ -513,17 +520,20 @@ def latency_section(quick: bool, cache: Path, plots: Path, cases: list[str],
             rows.update(ft_rows)
             finals.update(ft_models)
         # the latency of what was read back, the variants taking turns
+        # this machine's speed drifts between timing sessions (fp32 6.9-8.6 ms on resnet_small
+        # within one run): the budget is judged as the ratio to fp32 in this same session
         timed = _time_interleaved(finals, x, 5, 20)
         for k, v in timed.items():
-            rows.setdefault(k, {})["latency_ms"] = v
+            rows.setdefault(k, {}).update(latency_ms=v, ratio_to_fp32=v / timed["fp32"],
+                                          meets_budget=v / timed["fp32"] <= fraction)
         rows["fp32"].update(val=val_fn(model), test=test_fn(model))
         sec["rows"] = rows
         sec["seconds"] = time.perf_counter() - t0
         sec["loadavg"] = os.getloadavg()
         out[name] = sec
         print(f"latency {name}: budget {limit:.3f} ms; " + "; ".join(
-            f"{k}: {r.get('latency_ms', float('nan')):.3f} ms, test {r.get('test', float('nan')):.4g}"
-            for k, r in rows.items()), flush=True)
+            f"{k}: {r.get('latency_ms', float('nan')):.3f} ms ({r.get('ratio_to_fp32', float('nan')):.2f}x), "
+            f"test {r.get('test', float('nan')):.4g}" for k, r in rows.items()), flush=True)
     return out
 
 
@@ -688,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {what: r for (kind, what), r in zip(jobs, got) if kind == "model" and "error" not in r}
     failed = {f"{kind} {what}": r for (kind, what), r in zip(jobs, got)
               if "error" in r or (kind == "latency" and "error" in r.get(what, {}))}
-    latency = {"fraction_of_fp32_latency": 0.6, "threads": 1,
+    latency = {"fraction_of_fp32_latency": FRACTIONS, "threads": 1,
                "timing": "medians of interleaved rounds (fp32 and every candidate taking turns)"}
     for (kind, what), r in zip(jobs, got):
         if kind == "latency":
