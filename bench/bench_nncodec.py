@@ -137,20 +137,24 @@ def main() -> int:
                     help="the python of a virtual environment with nncodec installed (see the module docstring)")
     ap.add_argument("--models", nargs="*", default=["lenet300", "lenet5"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--files", nargs="*", default=None,
+                    help="code these Deep Compression .tsz files instead of making one per model on mnist5k")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "nncodec.json"))
     args = ap.parse_args()
     if not os.access(args.nncodec_python, os.X_OK):
         raise SystemExit(f"--nncodec-python {args.nncodec_python} is not an executable python; create the "
                          "environment as the module docstring says")
     t_start = time.perf_counter()
-    result: dict[str, Any] = {"protocol": {"data": "mnist5k", "seed": args.seed,
+    result: dict[str, Any] = {"protocol": {"data": "given files" if args.files else "mnist5k", "seed": args.seed,
                                            "nncodec_settings": "qp 0 (step 1), use_dq False, param_opt, row_skipping",
                                            "levels": "0 pruned, signed centroid rank otherwise"}, "models": {}}
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for model in args.models:
-            path = Path(d) / f"{model}.tsz"
-            made = make_file(model, path, args.seed)
+        jobs = [(Path(f).stem, Path(f)) for f in args.files] if args.files else \
+            [(m, Path(d) / f"{m}.tsz") for m in args.models]
+        for model, path in jobs:
+            made = {"file": str(path), "file_bytes": path.stat().st_size} if args.files else \
+                make_file(model, path, args.seed)
             levels, ours, enc = file_levels(path)
             npz = Path(d) / f"{model}.npz"
             np.savez(npz, **levels)
@@ -179,8 +183,8 @@ def main() -> int:
     from _common import table
 
     print(table(["model", "weight", "kept / elements", "H0 bytes", "ours bytes", "NNCodec bytes", "ours / NNCodec"], rows,
-                title="coded bytes of the same integer levels (Deep Compression files, mnist5k, seed "
-                      f"{args.seed})"))
+                title="coded bytes of the same integer levels (Deep Compression files"
+                      + (")" if args.files else f", mnist5k, seed {args.seed})")))
     result["seconds"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -83,7 +83,7 @@ __all__ += ["QAT", "Cast", "DynamicInt8", "MixedPrecision", "SmoothQuant", "Stat
             "quant_diagnostics"]
 # --- weight sharing, entropy coders, recipes ---
 from torchshrink.cluster import KMeansSharing, ProductQuantization  # noqa: E402
-from torchshrink.codec import entropy_encodings  # noqa: E402,F401  (registers ans/huffman/sparse)
+from torchshrink.codec import context, entropy_encodings  # noqa: E402,F401  (register ans/huffman/sparse/sparse_ctx)
 from torchshrink.recipe import CompressResult, Recipe, compress, load_recipe  # noqa: E402
 
 __all__ += ["CompressResult", "KMeansSharing", "ProductQuantization", "Recipe", "compress", "load_recipe"]

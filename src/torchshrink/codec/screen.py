@@ -16,6 +16,7 @@ estimates are the encodings' own cost models:
     sparse_ans     binary entropy of background vs. not + entropy of the other values
     sparse_fixed   as sparse_ans, plus 10% (fixed-width gaps and Huffman-coded values)
     sparse_raw     binary entropy of zero vs. not + the raw bytes of the non-zeros
+    sparse_ctx     as sparse_ans (its order-0 bound), where it applies
     bits           one bit per element
 
 The exact coder still decodes its stream to check it, as for every tensor. Encodings this
@@ -44,7 +45,9 @@ _WIN = 0.99  # an estimate must beat dense by 1% for its coder to run
 # coder whose range reaches below the best one's upper end runs, so a near tie is settled by
 # the real sizes (a LeNet-5 codebook index tensor: ans 33,612 B vs sparse_ans 33,613 B).
 _MARGIN = {"dense": 0.0, "zeros": 0.0, "const": 0.0, "bits": 0.0, "ans": 0.001, "huffman": 0.001,
-           "sparse_ans": 0.15, "sparse_fixed": 0.15, "sparse_raw": 0.15}
+           "sparse_ans": 0.15, "sparse_fixed": 0.15, "sparse_raw": 0.15, "sparse_ctx": 0.15}
+# context.MAX_VALUES and context.MAX_ELEMENTS (not imported: that module registers its coder)
+_CTX_VALUES, _CTX_ELEMENTS = 256, 1 << 22
 _TWIN = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -116,6 +119,8 @@ def estimates(tensor: torch.Tensor) -> dict[str, float]:
             sparse = n * _hb((n - bg) / n) / 8 + entropy_bits(rest) / 8 + 1.5 * a + 128
             out["sparse_ans"] = sparse
             out["sparse_fixed"] = sparse * 1.1
+            if a - 1 <= _CTX_VALUES and n <= _CTX_ELEMENTS:
+                out["sparse_ctx"] = sparse  # order-0 bound; the contexts can only help it
     return out
 
 
