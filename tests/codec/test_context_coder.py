@@ -81,7 +81,7 @@ def test_coder_reference_streams_decode_to_their_input() -> None:
 
 
 def test_screen_keeps_it_for_a_large_sparse_index_tensor() -> None:
-    t = _sparse((1024, 1024), 0.05, 8, torch.uint8)
+    t = _sparse((512, 1024), 0.05, 8, torch.uint8)  # MAX_ELEMENTS, over the screen's size
     names = [e.name for e in screen.screened(t, [ENC, SparseAnsEncoding()])]
     assert "sparse_ctx" in names and "sparse_ans" in names
     too_big = torch.zeros(context.MAX_ELEMENTS + 1, dtype=torch.uint8)

@@ -17,7 +17,7 @@ Measured on the Deep Compression LeNet-300-100 (mnist5k, seed 0): fc1's indices 
 as `sparse_ans`, 10,122 B by NNCodec (ISO/IEC 15938-17, DeepCABAC) and 10,024 B here
 (bench/results/nncodec.json has every tensor). Encoder and decoder are plain Python (about
 1.5 s per million elements each way), so the writer tries this coder only on tensors of at
-most MAX_ELEMENTS.
+most MAX_ELEMENTS (524,288).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from torchshrink.codec.entropy_encodings import (
 __all__ = ["MAX_ELEMENTS", "MAX_VALUES", "SparseContextEncoding", "decode", "encode", "value_bits"]
 
 MAX_VALUES = 256  # value alphabets up to 8-bit trees: 2 (values + 1) x 256 probabilities at most
-MAX_ELEMENTS = 1 << 22  # the coder runs in Python: ~1.5 s per million elements each way
+# The coder runs in Python, ~1.5 s per million elements each way (and the writer decodes what
+# it wrote to check it): up to LeNet-sized layers (400k), not a language model's matrices.
+MAX_ELEMENTS = 1 << 19
 _PROB_BITS = 11
 _ONE = 1 << _PROB_BITS
 _HALF = _ONE // 2

@@ -47,7 +47,7 @@ _WIN = 0.99  # an estimate must beat dense by 1% for its coder to run
 _MARGIN = {"dense": 0.0, "zeros": 0.0, "const": 0.0, "bits": 0.0, "ans": 0.001, "huffman": 0.001,
            "sparse_ans": 0.15, "sparse_fixed": 0.15, "sparse_raw": 0.15, "sparse_ctx": 0.15}
 # context.MAX_VALUES and context.MAX_ELEMENTS (not imported: that module registers its coder)
-_CTX_VALUES, _CTX_ELEMENTS = 256, 1 << 22
+_CTX_VALUES, _CTX_ELEMENTS = 256, 1 << 19
 _TWIN = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
