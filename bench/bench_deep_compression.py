@@ -270,6 +270,61 @@ def pq_compare(out: Path, seed: int = 0, finetune_epochs: int = 2) -> dict[str, 
     return payload
 
 
+def pq_compare_gpt(out: Path, seed: int = 0, finetune_steps: int = 60) -> dict[str, Any]:
+    """ProductQuantization vs KMeansSharing at equal index bits per weight on gpt_tiny's MLP
+    layers (the two Linear layers of every block; the rest unchanged): relative weight error
+    and held-out loss (nats per byte), before and after a short fine-tune of the codebooks."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _common import trained_gpt_tiny
+
+    base, _, held, _ = trained_gpt_tiny(False)
+    splits = ts.data.load_text(max_bytes=120_000, block_size=64)
+    train = DataLoader(splits.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    mlp = ("*mlp*",)
+
+    def loss(m: torch.nn.Module) -> float:
+        m.eval()
+        with torch.no_grad():
+            tot = [torch.nn.functional.cross_entropy(m(x)[:, :-1].reshape(-1, 256), x[:, 1:].reshape(-1)).item()
+                   for x in held]
+        return float(np.mean(tot))
+
+    weights0 = {n: mod.weight.detach().clone() for n, mod in base.named_modules()
+                if isinstance(mod, torch.nn.Linear) and ".mlp." in n}
+    base_loss = loss(base)
+    cases: list[tuple[str, int, Any]] = []
+    for bpw in (1, 2, 3):
+        cases.append(("kmeans_sharing", bpw, ts.KMeansSharing(bits=bpw, targets=mlp)))
+        for dim in (2, 4):
+            if bpw * dim <= 8:
+                cases.append((f"product_quantization d={dim}", bpw,
+                              ts.ProductQuantization(dim=dim, bits=bpw * dim, targets=mlp, seed=seed)))
+    rows = []
+    for name, bpw, cfg in cases:
+        t0 = time.perf_counter()
+        m = ts.cluster(copy.deepcopy(base), cfg)
+        num = sum(float((dict(m.named_modules())[n].weight.detach() - w).pow(2).sum()) for n, w in weights0.items())
+        den = sum(float(w.pow(2).sum()) for w in weights0.values())
+        before = loss(m)
+        ts.fit(m, train, max_steps=finetune_steps, lr=3e-4, progress=False, seed=seed)
+        rows.append({"method": name, "bits_per_weight": bpw, "config": cfg.to_dict(),
+                     "rel_weight_error": (num / den) ** 0.5, "loss": before, "loss_after_finetune": loss(m),
+                     "codebook_bytes_per_layer": (2 ** cfg.bits) * getattr(cfg, "dim", 1) * 4,
+                     "seconds": time.perf_counter() - t0})
+        print(f"{name:<28}{bpw:>3} b/w  rel err {rows[-1]['rel_weight_error']:.4f}  loss {before:.4f} -> "
+              f"{rows[-1]['loss_after_finetune']:.4f} after {finetune_steps} steps", flush=True)
+    payload = {"model": "gpt_tiny 2 x 64 (bench/_common.trained_gpt_tiny: 300 steps on 120 kB of stdlib source)",
+               "layers": sorted(weights0), "baseline_loss": base_loss, "finetune_steps": finetune_steps,
+               "held_out": "4 validation batches of 16 x 64 bytes", "seed": seed, "rows": rows,
+               "loadavg": os.getloadavg(), "threads": torch.get_num_threads()}
+    out.write_text(json.dumps(payload, indent=2))
+    return payload
+
+
 def resave(files: list[str], out: Path) -> None:
     """Files written by an earlier run (kept with --keep-files), saved again by today's writer:
     the same weights, so the same accuracy; only the coded bytes can change (checked: identical
@@ -312,6 +367,7 @@ def main() -> int:
                          "training run) are reused instead of trained again")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when several runs share 2 cores)")
     ap.add_argument("--pq", action="store_true", help="only the ProductQuantization vs KMeansSharing comparison")
+    ap.add_argument("--pq-gpt", action="store_true", help="the same comparison on gpt_tiny's MLP layers")
     ap.add_argument("--recipe", action="append", default=[], metavar="MODEL=RECIPE",
                     help=f"run this recipe (bundled name or YAML file) for MODEL instead of {RECIPES}")
     ap.add_argument("--resave", nargs="*", default=None, metavar="TSZ",
@@ -324,6 +380,9 @@ def main() -> int:
         return 0
     if args.pq:
         pq_compare(Path(args.out).with_name("deep_compression_pq.json"))
+        return 0
+    if args.pq_gpt:
+        pq_compare_gpt(Path(args.out).with_name("deep_compression_pq_gpt.json"))
         return 0
     t_start = time.perf_counter()
     load_start = os.getloadavg()
