@@ -84,6 +84,33 @@ def test_screen_keeps_it_for_a_large_sparse_index_tensor() -> None:
     t = _sparse((512, 1024), 0.05, 8, torch.uint8)  # MAX_ELEMENTS, over the screen's size
     names = [e.name for e in screen.screened(t, [ENC, SparseAnsEncoding()])]
     assert "sparse_ctx" in names and "sparse_ans" in names
-    too_big = torch.zeros(context.MAX_ELEMENTS + 1, dtype=torch.uint8)
+    too_big = torch.zeros(context.MAX_ELEMENTS_NATIVE + 1, dtype=torch.uint8)
     too_big[::50] = 3
     assert "sparse_ctx" not in [e.name for e in screen.screened(too_big, [ENC])]
+
+
+def test_compiled_and_python_coders_write_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchshrink.codec import native
+
+    if not native.ctx_enabled():
+        pytest.skip("no C compiler here: only the Python coder runs (tested above)")
+    rng = np.random.default_rng(1)
+    for rows, cols, density, nv in [(300, 784, 0.05, 8), (17, 23, 0.3, 5), (1, 1000, 0.1, 2), (50, 40, 0.2, 255)]:
+        mask = (rng.random((rows, cols)) < density).astype(np.int64)
+        vals = rng.integers(0, nv, int(mask.sum()))
+        py = context._encode_py(mask, vals, nv)
+        assert native.ctx_encode(mask, vals, nv, context.value_bits(nv)) == py
+        pos, back = native.ctx_decode(py, rows, cols, nv)
+        assert np.array_equal(pos, np.flatnonzero(mask)) and np.array_equal(back, vals)
+    # switched off, the tensor coder runs the Python twin and limits itself to its size
+    monkeypatch.setenv("TORCHSHRINK_NATIVE_CODEC", "0")
+    assert not native.ctx_enabled() and context.max_elements() == context.MAX_ELEMENTS
+    t = _sparse((40, 30), 0.1, 8, torch.uint8)
+    off = ENC.encode(t, TensorHint())
+    monkeypatch.delenv("TORCHSHRINK_NATIVE_CODEC")
+    assert off is not None and ENC.encode(t, TensorHint()) == off
+    big = torch.zeros(context.MAX_ELEMENTS + 8, dtype=torch.uint8)
+    big[::40] = 2
+    assert ENC.encode(big, TensorHint()) is not None  # compiled: over the Python limit is fine
+    monkeypatch.setenv("TORCHSHRINK_NATIVE_CODEC", "0")
+    assert ENC.encode(big, TensorHint()) is None

@@ -15,9 +15,10 @@ moved 1/32 of the way to every bit it codes):
 
 Measured on the Deep Compression LeNet-300-100 (mnist5k, seed 0): fc1's indices take 10,936 B
 as `sparse_ans`, 10,122 B by NNCodec (ISO/IEC 15938-17, DeepCABAC) and 10,024 B here
-(bench/results/nncodec.json has every tensor). Encoder and decoder are plain Python (about
-1.5 s per million elements each way), so the writer tries this coder only on tensors of at
-most MAX_ELEMENTS (524,288).
+(bench/results/nncodec.json has every tensor). The coder is compiled once as plain C
+(`context_source`, about 15 ns per element) where a C compiler is found; its Python twin
+here writes the same bytes (about 1.5 s per million elements each way), so without a compiler
+the writer tries it only on tensors of at most MAX_ELEMENTS (524,288).
 """
 
 from __future__ import annotations
@@ -36,12 +37,21 @@ from torchshrink.codec.entropy_encodings import (
     symbolize,
 )
 
-__all__ = ["MAX_ELEMENTS", "MAX_VALUES", "SparseContextEncoding", "decode", "encode", "value_bits"]
+__all__ = ["MAX_ELEMENTS", "MAX_ELEMENTS_NATIVE", "MAX_VALUES", "max_elements", "SparseContextEncoding", "decode", "encode", "value_bits"]
 
 MAX_VALUES = 256  # value alphabets up to 8-bit trees: 2 (values + 1) x 256 probabilities at most
-# The coder runs in Python, ~1.5 s per million elements each way (and the writer decodes what
+# In Python the coder takes ~1.5 s per million elements each way (and the writer decodes what
 # it wrote to check it): up to LeNet-sized layers (400k), not a language model's matrices.
+# Compiled it is ~50x faster.
 MAX_ELEMENTS = 1 << 19
+MAX_ELEMENTS_NATIVE = 1 << 24
+
+
+def max_elements() -> int:
+    """The largest tensor the writer tries this coder on, here."""
+    from torchshrink.codec import native
+
+    return MAX_ELEMENTS_NATIVE if native.ctx_enabled() else MAX_ELEMENTS
 _PROB_BITS = 11
 _ONE = 1 << _PROB_BITS
 _HALF = _ONE // 2
@@ -129,7 +139,25 @@ class _Decoder:
 
 
 def encode(mask: np.ndarray, values: np.ndarray, n_values: int) -> bytes:
-    """Code a (rows, cols) 0/1 `mask` and the kept `values` (in scan order, each < n_values)."""
+    """Code a (rows, cols) 0/1 `mask` and the kept `values` (in scan order, each < n_values):
+    compiled where `codec.native` builds, else in Python; the same bytes either way."""
+    from torchshrink.codec import native
+
+    if native.ctx_enabled():
+        return native.ctx_encode(mask, values, n_values, value_bits(n_values))
+    return _encode_py(mask, values, n_values)
+
+
+def decode(data: bytes | memoryview, rows: int, cols: int, n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat positions of the kept elements, their values) of a stream `encode` wrote."""
+    from torchshrink.codec import native
+
+    if native.ctx_enabled():
+        return native.ctx_decode(data, rows, cols, n_values)
+    return _decode_py(data, rows, cols, n_values)
+
+
+def _encode_py(mask: np.ndarray, values: np.ndarray, n_values: int) -> bytes:
     rows, cols = mask.shape
     depth = value_bits(n_values)
     sig = [_HALF] * _SIG_CONTEXTS
@@ -161,8 +189,7 @@ def encode(mask: np.ndarray, values: np.ndarray, n_values: int) -> bytes:
     return enc.finish()
 
 
-def decode(data: bytes | memoryview, rows: int, cols: int, n_values: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flat positions of the kept elements, their values) of a stream `encode` wrote."""
+def _decode_py(data: bytes | memoryview, rows: int, cols: int, n_values: int) -> tuple[np.ndarray, np.ndarray]:
     depth = value_bits(n_values)
     sig = [_HALF] * _SIG_CONTEXTS
     tree = [_HALF] * ((2 * n_values + 2) << depth)
@@ -201,7 +228,7 @@ class SparseContextEncoding:
     name = "sparse_ctx"
 
     def encode(self, tensor: torch.Tensor, hint: TensorHint) -> tuple[bytes, dict[str, Any]] | None:
-        if not 0 < tensor.numel() <= MAX_ELEMENTS:
+        if not 0 < tensor.numel() <= max_elements():
             return None
         w = Writer()
         sym = symbolize(tensor, w)

@@ -145,3 +145,52 @@ def huff_decode(data: memoryview | bytes, lut_sym: np.ndarray, lut_len: np.ndarr
         if c0 + group < chunks:
             pages.release(data, int(st[c0 + group]) // 8)
     return out
+
+
+@functools.cache
+def _ctx_library() -> ctypes.CDLL | None:
+    from torchshrink.codec.context_source import SOURCE as CTX_SOURCE
+
+    lib = native.build("ctxcoder", CTX_SOURCE)
+    if lib is None:
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.ts_ctx_encode.argtypes = [p, p, i64, i64, i64, p, i64]
+    lib.ts_ctx_decode.argtypes = [p, i64, i64, i64, i64, p, p, i64]
+    lib.ts_ctx_encode.restype = lib.ts_ctx_decode.restype = i64
+    return lib
+
+
+def ctx_enabled() -> bool:
+    """Whether the compiled context coder runs here (as `enabled` for the other coders)."""
+    return (os.environ.get("TORCHSHRINK_NATIVE_CODEC", "1") != "0" and sys.byteorder == "little"
+            and _ctx_library() is not None)
+
+
+def ctx_encode(mask: np.ndarray, values: np.ndarray, n_values: int, depth: int) -> bytes:
+    lib = _ctx_library()
+    assert lib is not None
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    v = np.ascontiguousarray(values, dtype=np.int64)
+    cap = m.size * (depth + 1) + 64  # a coded bit costs at most ~6.1 bits at the slowest probability
+    out = np.empty(cap, dtype=np.uint8)
+    k = lib.ts_ctx_encode(_ptr(m), _ptr(v) if v.size else 0, m.shape[0], m.shape[1], n_values, _ptr(out), cap)
+    if k < 0:
+        raise MemoryError(f"the context coder failed ({k})")
+    return out[:k].tobytes()
+
+
+def ctx_decode(data: bytes | memoryview, rows: int, cols: int, n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    lib = _ctx_library()
+    assert lib is not None
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size < 5:
+        raise ValueError("context-coded stream is truncated")
+    n = rows * cols
+    pos, vals = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    k = lib.ts_ctx_decode(_ptr(raw), raw.size, rows, cols, n_values, _ptr(pos), _ptr(vals), n)
+    if k == -1:
+        raise ValueError("context-coded value out of range")
+    if k < 0:
+        raise MemoryError(f"the context decoder failed ({k})")
+    return pos[:k].copy(), vals[:k].copy()

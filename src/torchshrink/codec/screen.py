@@ -46,8 +46,9 @@ _WIN = 0.99  # an estimate must beat dense by 1% for its coder to run
 # the real sizes (a LeNet-5 codebook index tensor: ans 33,612 B vs sparse_ans 33,613 B).
 _MARGIN = {"dense": 0.0, "zeros": 0.0, "const": 0.0, "bits": 0.0, "ans": 0.001, "huffman": 0.001,
            "sparse_ans": 0.15, "sparse_fixed": 0.15, "sparse_raw": 0.15, "sparse_ctx": 0.15}
-# context.MAX_VALUES and context.MAX_ELEMENTS (not imported: that module registers its coder)
-_CTX_VALUES, _CTX_ELEMENTS = 256, 1 << 19
+# context.MAX_VALUES and context.MAX_ELEMENTS_NATIVE (not imported: that module registers its
+# coder); where only its Python twin runs, the coder itself refuses tensors over MAX_ELEMENTS
+_CTX_VALUES, _CTX_ELEMENTS = 256, 1 << 24
 _TWIN = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
