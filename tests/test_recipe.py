@@ -265,3 +265,23 @@ def test_gradual_pruning_stage_reaches_its_sparsity_during_the_fine_tune(tmp_pat
 def test_gradual_bad_input_is_named(stage: dict, words: str) -> None:
     with pytest.raises(ts.ConfigError, match=words):
         load_recipe({"stages": [stage]})
+
+
+def test_gradual_stage_on_a_hugging_face_model_converts_and_records_like_one_shot() -> None:
+    # GPT-2's Conv1D layers are converted first and recorded, as a one-shot stage does
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    x = torch.randint(0, 64, (4, 16))
+    rec = load_recipe({"stages": [{"method": "magnitude_pruning", "sparsity": 0.8,
+                                   "finetune": {"epochs": 1, "gradual": 0.5}}]})
+    out = compress(copy.deepcopy(model), rec, train=[(x, x)] * 3, progress=False, measure_file=False).model
+    one_shot = ts.prune(copy.deepcopy(model), ts.MagnitudePruning(sparsity=0.8))
+    got, ref = ts.coverage(out)[-1], ts.coverage(one_shot)[-1]
+    assert got.skipped == ref.skipped and got.weights_changed == ref.weights_changed
+    assert [n for n, _ in got.converted] == [n for n, _ in ref.converted] == [
+        "transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj"]
+    w = out.transformer.h[0].mlp.c_fc.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.8, abs=1e-3)

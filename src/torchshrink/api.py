@@ -15,7 +15,7 @@ from torchshrink.nn.history import HISTORY_ATTR
 from torchshrink.nn.select import expand
 from torchshrink.registry import Context, Family, get_method
 
-__all__ = ["apply", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
+__all__ = ["apply", "recorded", "prune", "quantize", "factorize", "cluster", "HISTORY_ATTR"]
 
 
 
@@ -49,14 +49,23 @@ def apply(
         )
     ctx = Context(example=example, calibration=calibration, train=train, val=val, evaluate=evaluate,
                   progress=progress, extras=dict(extras))
+    return recorded(model, config, lambda m: method.handler(m, config, ctx))
+
+
+def recorded(model: nn.Module, config: Config, change: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Run `change` (what applies `config` to the model) with the bookkeeping every method
+    gets: foreign layer kinds converted first (a Hugging Face Conv1D becomes a Linear), the
+    layers it left untouched recorded and warned about, the config added to the history.
+    `apply` runs a method's handler through it; `compress` runs a gradual pruning fine-tune."""
+    family = get_method(config.method_name()).family
     converted: list[tuple[str, str]] = []
-    if method.family in _LAYER_FAMILIES and getattr(type(config), "convert_kinds", True):
+    if family in _LAYER_FAMILIES and getattr(type(config), "convert_kinds", True):
         converted = kinds.normalize(model)
     sizes = kinds.weight_matrices(model)
     before = coverage.snapshot(model)
     excluded = _excluded(model, config, sizes)
-    out = method.handler(model, config, ctx)
-    if method.family in _LAYER_FAMILIES:
+    out = change(model)
+    if family in _LAYER_FAMILIES:
         coverage.record(model, out, before, sizes, method=type(config).__name__, excluded=excluded,
                         converted=converted)
     history = list(getattr(model, HISTORY_ATTR, []))

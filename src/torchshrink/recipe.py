@@ -346,6 +346,24 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return teacher
 
 
+def _finetune(model: nn.Module, ft: FineTune, train: Iterable[Any] | None, val: Iterable[Any] | None,
+              teacher: nn.Module | None, progress: bool, desc: str, callbacks: tuple[Any, ...] = ()) -> None:
+    """A stage's fine-tune: `fit` with its options, a distillation term where it asks for one."""
+    from torchshrink.train import fit
+
+    assert train is not None
+    loss: Any = None
+    if ft.distill > 0:
+        from torchshrink.distill import make_distill_loss
+
+        assert teacher is not None
+        loss = make_distill_loss(teacher, {"alpha": ft.distill, "temperature": ft.temperature})
+    fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer, weight_decay=ft.weight_decay,
+        schedule=ft.schedule, max_steps=ft.max_steps, warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip,
+        label_smoothing=ft.label_smoothing, loss=loss, callbacks=([loss] if loss is not None else []) + list(callbacks),
+        progress=progress, desc=desc)
+
+
 def compress(
     model: nn.Module,
     recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any],
@@ -373,9 +391,8 @@ def compress(
         to chance before any fine-tuning (adaptive BN; nothing is trained). Models without
         BatchNorm read no batch for it.
     """
-    from torchshrink.api import apply
+    from torchshrink.api import apply, recorded
     from torchshrink.nn.batchnorm import recalibrate_or_warn
-    from torchshrink.train import fit
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     needs_train = [s.name for s in rec.stages if s.finetune is not None]
@@ -390,35 +407,26 @@ def compress(
     results: list[StageResult] = []
     for i, stage in enumerate(rec.stages):
         t0 = time.perf_counter()
-        gradual = stage.finetune.gradual if stage.finetune is not None else 0.0
-        if not gradual:  # a gradual stage is pruned by its fine-tune's callback instead
+        ft = stage.finetune
+        gradual = ft.gradual if ft is not None else 0.0
+        desc = f"stage {i + 1}/{len(rec.stages)} {stage.name}"
+        before = None
+        if gradual:  # masks put on as `apply` would (kinds, coverage, history), pruned by the fine-tune
+            from torchshrink.prune import GradualPruning
+
+            assert ft is not None
+            schedule = GradualPruning(stage.config, end_fraction=gradual, calibration=calibration)  # type: ignore[arg-type]
+            model = recorded(model, stage.config, schedule.install)
+            before = float(evaluate(model)) if evaluate is not None else None
+            _finetune(model, ft, train, val, teacher, progress, desc + " (gradual)", (schedule,))
+        else:
             model = apply(model, stage.config, example=example, calibration=calibration, train=train, val=val,
                           evaluate=evaluate, progress=progress)
-        if recalibrate_bn and not gradual:
+        if recalibrate_bn:  # after a gradual stage too: its last masks come after the last step
             recalibrate_or_warn(model, calibration, where=f"stage {i + 1} ({stage.name})")
-        before = float(evaluate(model)) if evaluate is not None and stage.finetune is not None else None
-        if stage.finetune is not None:
-            assert train is not None
-            ft = stage.finetune
-            loss: Any = None
-            if ft.distill > 0:
-                from torchshrink.distill import make_distill_loss
-
-                assert teacher is not None
-                loss = make_distill_loss(teacher, {"alpha": ft.distill, "temperature": ft.temperature})
-            callbacks: list[Any] = [loss] if loss is not None else []
-            if gradual:
-                from torchshrink.prune import GradualPruning
-
-                callbacks.append(GradualPruning(stage.config, end_fraction=gradual,  # type: ignore[arg-type]
-                                                calibration=calibration))
-            fit(model, train, val=val, epochs=ft.epochs, lr=ft.lr, optimizer=ft.optimizer,
-                weight_decay=ft.weight_decay, schedule=ft.schedule, max_steps=ft.max_steps,
-                warmup_steps=ft.warmup_steps, grad_clip=ft.grad_clip, label_smoothing=ft.label_smoothing,
-                loss=loss, callbacks=callbacks, progress=progress,
-                desc=f"stage {i + 1}/{len(rec.stages)} {stage.name}" + (" (gradual)" if gradual else ""))
-            if gradual and recalibrate_bn:
-                recalibrate_or_warn(model, calibration, where=f"stage {i + 1} ({stage.name})")
+        if ft is not None and not gradual:
+            before = float(evaluate(model)) if evaluate is not None else None
+            _finetune(model, ft, train, val, teacher, progress, desc)
         metric = float(evaluate(model)) if evaluate is not None else None
         nz, total = _weight_counts(model)
         res = StageResult(stage.name, before, metric, nz, total, _file_bytes(model) if measure_file else 0,

@@ -72,14 +72,21 @@ class GradualPruning(Callback):
                            per_layer=_scaled(c.per_layer, fraction, self.initial), criterion=c.criterion,
                            calibration=self.calibration, calibration_batches=c.calibration_batches)
 
-    def on_fit_start(self, model: nn.Module, state: FitState) -> None:
+    def install(self, model: nn.Module) -> nn.Module:
+        """Put the masks on the selected layers at the initial sparsity (what fit start does;
+        called first by `compress`, so the stage's coverage is taken before any training)."""
         c = self.config
         self.layers = select_layers(model, targets=c.targets, ignore=c.ignore)
         check_per_layer_patterns(model, c.per_layer)
-        if self.end is None:
-            self.end = max(self.begin + 1, int(self.end_fraction * state.total_steps))
         self._prune_to(model, self.initial)
         self.history.append((0, self.initial))
+        return model
+
+    def on_fit_start(self, model: nn.Module, state: FitState) -> None:
+        if self.end is None:
+            self.end = max(self.begin + 1, int(self.end_fraction * state.total_steps))
+        if not self.layers:
+            self.install(model)
 
     def on_step_end(self, model: nn.Module, state: FitState) -> None:
         assert self.end is not None
