@@ -329,7 +329,8 @@ def resave(files: list[str], out: Path) -> None:
     """Files written by an earlier run (kept with --keep-files), saved again by today's writer:
     the same weights, so the same accuracy; only the coded bytes can change (checked: identical
     outputs on a random batch)."""
-    fp32 = {"lenet300": 1066440, "lenet5": 1724320}
+    from torchshrink.cli.tables import dense_bytes
+
     rows = {}
     with tempfile.TemporaryDirectory() as d:
         for f in files:
@@ -338,9 +339,8 @@ def resave(files: list[str], out: Path) -> None:
             ts.save(m, str(again))
             x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
             same = bool(torch.equal(ts.load(str(again))(x), m(x)))
-            model = Path(f).name.split("_")[0]
             rows[Path(f).name] = {"old_bytes": os.path.getsize(f), "new_bytes": again.stat().st_size,
-                                  "new_ratio": fp32[model] / again.stat().st_size, "same_outputs": same,
+                                  "new_ratio": dense_bytes(m) / again.stat().st_size, "same_outputs": same,
                                   "encodings": {r.key: r.encoding for r in ts.read_info(str(again)).tensors}}
             print(f"{Path(f).name}: {rows[Path(f).name]['old_bytes']:,} -> {rows[Path(f).name]['new_bytes']:,} B "
                   f"({rows[Path(f).name]['new_ratio']:.1f}x), same outputs: {same}")

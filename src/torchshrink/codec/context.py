@@ -16,9 +16,9 @@ moved 1/32 of the way to every bit it codes):
 Measured on the Deep Compression LeNet-300-100 (mnist5k, seed 0): fc1's indices take 10,936 B
 as `sparse_ans`, 10,122 B by NNCodec (ISO/IEC 15938-17, DeepCABAC) and 10,024 B here
 (bench/results/nncodec.json has every tensor). The coder is compiled once as plain C
-(`context_source`, about 15 ns per element) where a C compiler is found; its Python twin
-here writes the same bytes (about 1.5 s per million elements each way), so without a compiler
-the writer tries it only on tensors of at most MAX_ELEMENTS (524,288).
+(`context_source`) where a C compiler is found; its Python twin here writes the same bytes but
+is far slower, so without a compiler the writer tries it only on tensors of at most
+MAX_ELEMENTS (524,288).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from torchshrink.codec.encodings import TensorHint, register_encoding
 from torchshrink.codec.entropy_encodings import (
     Reader,
     Writer,
+    _background,
+    _guarded,
+    _numel,
     desymbolize,
     read_alphabet,
     symbolize,
@@ -40,9 +43,8 @@ from torchshrink.codec.entropy_encodings import (
 __all__ = ["MAX_ELEMENTS", "MAX_ELEMENTS_NATIVE", "MAX_VALUES", "max_elements", "SparseContextEncoding", "decode", "encode", "value_bits"]
 
 MAX_VALUES = 256  # value alphabets up to 8-bit trees: 2 (values + 1) x 256 probabilities at most
-# In Python the coder takes ~1.5 s per million elements each way (and the writer decodes what
+# In Python the coder takes seconds per million elements each way (and the writer decodes what
 # it wrote to check it): up to LeNet-sized layers (400k), not a language model's matrices.
-# Compiled it is ~50x faster.
 MAX_ELEMENTS = 1 << 19
 MAX_ELEMENTS_NATIVE = 1 << 24
 
@@ -237,7 +239,7 @@ class SparseContextEncoding:
         s, a = sym
         if a - 1 > MAX_VALUES or a < 2:
             return None
-        bg = int(np.argmax(np.bincount(s, minlength=a)))
+        bg = _background(s, a)
         mask = s != bg
         kept = int(mask.sum())
         if kept == 0 or kept > s.size // 2:
@@ -249,24 +251,19 @@ class SparseContextEncoding:
         w.raw(encode(mask.reshape(rows, -1).astype(np.int64), vals, a - 1))
         return w.bytes(), {}
 
+    @_guarded
     def decode(self, payload: bytes, meta: dict[str, Any], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        try:
-            n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            r = Reader(payload)
-            alphabet, a = read_alphabet(r, dtype)
-            if a - 1 > MAX_VALUES or a < 2:
-                raise ValueError("sparse_ctx alphabet out of range")
-            bg = r.varint(a - 1)
-            rows = int(shape[0]) if len(shape) >= 2 else 1
-            cols = n // max(1, rows)
-            pos, vals = decode(r.raw(len(payload) - r.pos), rows, cols, a - 1)
-            out = np.full(n, bg, dtype=np.uint16)
-            out[pos] = vals + (vals >= bg)
-            return desymbolize(out, alphabet, shape, dtype)
-        except ValueError:
-            raise
-        except (IndexError, KeyError, TypeError, OverflowError, MemoryError) as e:
-            raise ValueError(f"corrupted sparse_ctx payload: {e}") from e
+        n = _numel(shape)
+        r = Reader(payload)
+        alphabet, a = read_alphabet(r, dtype)
+        if a - 1 > MAX_VALUES or a < 2:
+            raise ValueError("sparse_ctx alphabet out of range")
+        bg = r.varint(a - 1)
+        rows = int(shape[0]) if len(shape) >= 2 else 1
+        pos, vals = decode(r.raw(len(payload) - r.pos), rows, n // max(1, rows), a - 1)
+        out = np.full(n, bg, dtype=np.uint16)
+        out[pos] = vals + (vals >= bg)
+        return desymbolize(out, alphabet, shape, dtype)
 
 
 register_encoding(SparseContextEncoding())

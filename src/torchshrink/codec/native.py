@@ -37,11 +37,14 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
+def _allowed() -> bool:
+    """Little-endian like the streams, and not switched off by TORCHSHRINK_NATIVE_CODEC=0."""
+    return os.environ.get("TORCHSHRINK_NATIVE_CODEC", "1") != "0" and sys.byteorder == "little"
+
+
 def enabled() -> bool:
-    """Whether the compiled coders run here (built, little-endian like the streams, and not
-    switched off by the environment)."""
-    return (os.environ.get("TORCHSHRINK_NATIVE_CODEC", "1") != "0" and sys.byteorder == "little"
-            and _library() is not None)
+    """Whether the compiled coders run here (built, and `_allowed`)."""
+    return _allowed() and _library() is not None
 
 
 def _lib() -> ctypes.CDLL:
@@ -163,8 +166,7 @@ def _ctx_library() -> ctypes.CDLL | None:
 
 def ctx_enabled() -> bool:
     """Whether the compiled context coder runs here (as `enabled` for the other coders)."""
-    return (os.environ.get("TORCHSHRINK_NATIVE_CODEC", "1") != "0" and sys.byteorder == "little"
-            and _ctx_library() is not None)
+    return _allowed() and _ctx_library() is not None
 
 
 def ctx_encode(mask: np.ndarray, values: np.ndarray, n_values: int, depth: int) -> bytes:

@@ -85,12 +85,16 @@ class _Verifier:
     ROUNDS = 3
 
     def time(self, m: nn.Module) -> float:
+        from torchshrink.infer import for_inference
+
+        return self.time_fast(for_inference(m, example=self.example))
+
+    def time_fast(self, fast: nn.Module) -> float:
+        """Median ms of a model already in its inference form (see `relative_to`)."""
         from statistics import median
 
-        from torchshrink.infer import for_inference
         from torchshrink.measure.latency import time_forward
 
-        fast = for_inference(m, example=self.example)
         if self.relative_to is None:
             return time_forward(fast, self.example, runs=self.latency_runs, warmup=3, threads=self.threads).median_ms
         base, base_ms = self.relative_to
@@ -205,16 +209,20 @@ def plan_joint(
     model = model.eval()
     verify = _Verifier(model, evaluate, example, train, val, calibration, need_latency, latency_runs, threads,
                        recalibrate_bn)
-    base = Candidate("baseline (as given)", {}, len(encode_model(model)),
-                     verify.time(model) if need_latency else None, float(evaluate(model)))
-    if need_latency and max_latency is not None and max_latency <= 1.0 and base.latency_ms:
+    base_ms = None
+    if need_latency:
         from statistics import median
 
         from torchshrink.infer import for_inference
 
-        # the budget's scale: the baseline's median over several rounds, not one timing
-        base.latency_ms = median([base.latency_ms] + [verify.time(model) for _ in range(verify.ROUNDS - 1)])
-        verify.relative_to = (for_inference(model, example=example), base.latency_ms)
+        base_fast = for_inference(model, example=example)
+        if max_latency is not None and max_latency <= 1.0:
+            # the budget's scale: the baseline's median over several rounds, not one timing
+            base_ms = median(verify.time_fast(base_fast) for _ in range(verify.ROUNDS))
+            verify.relative_to = (base_fast, base_ms)
+        else:
+            base_ms = verify.time_fast(base_fast)
+    base = Candidate("baseline (as given)", {}, len(encode_model(model)), base_ms, float(evaluate(model)))
     sample = _first_sample(example if example is not None else next(iter(calibration)))
     base_macs = count_macs(model, sample)[0]
     limits = {"bytes": _limit("max_bytes", max_bytes, base.file_bytes),
@@ -271,6 +279,12 @@ def plan_joint(
         tot = {k: float(sum(c[i][j] for i, j in enumerate(r.choice))) for k, c in cal.costs.items()}
         return Allocation(r.choice, err, tot, True, a.method + "+local search")
 
+    def meets(cand: Candidate, a: Allocation) -> bool:
+        """Every limit met by what the verified file measured (MACs: the plan's exact count)."""
+        real = {"bytes": cand.file_bytes, "latency_ms": cand.latency_ms,
+                "macs": cal.predicted("macs", a.choice) if "macs" in cal.costs else None}
+        return all(real[k] is not None and real[k] <= v for k, v in limits_set.items())  # type: ignore[operator]
+
     ft = FineTune(epochs=finetune, lr=finetune_lr) if finetune else None
     t0 = time.perf_counter()
     attempts: list[Candidate] = []
@@ -306,11 +320,8 @@ def plan_joint(
             recipe = plan_recipe(choice, finetune=ft, name="joint_plan")
             cand, m = verify(recipe, f"joint plan, try {attempt + 1}")
         cand.predicted = predicted
-        real = {"bytes": float(cand.file_bytes or 0), "latency_ms": cand.latency_ms,
-                "macs": cal.predicted("macs", alloc.choice) if "macs" in cal.costs else None}
         # measured, not predicted: a plan the database prices over the limit may fit on its file
-        cand.meets_budget = all(real[k] is not None and real[k] <= v  # type: ignore[operator]
-                                for k, v in limits_set.items())
+        cand.meets_budget = meets(cand, alloc)
         attempts.append(cand)
         if best is None or (cand.meets_budget, cand.metric) > (best.meets_budget, best.metric):
             best, best_model, chosen = cand, m, alloc
@@ -335,10 +346,7 @@ def plan_joint(
     front: dict[str, Any] = {}  # the best verified front point that meets every limit on its file
 
     def keep(cand: Candidate, a: Allocation, m: nn.Module) -> None:
-        real = {"bytes": cand.file_bytes, "latency_ms": cand.latency_ms,
-                "macs": cal.predicted("macs", a.choice) if "macs" in cal.costs else None}
-        fits = all(real[k] is not None and real[k] <= v for k, v in limits_set.items())  # type: ignore[operator]
-        if fits and cand.metric is not None and cand.metric > front.get("metric", float("-inf")):
+        if meets(cand, a) and cand.metric is not None and cand.metric > front.get("metric", float("-inf")):
             front.update(metric=cand.metric, candidate=cand, alloc=a, model=m)
 
     pareto = _pareto(cal, solve, choice_of, verify, base.file_bytes or 0, limits["bytes"],
